@@ -1,0 +1,35 @@
+# The two commands of the README:
+#   make book   build the HTML book, executing every chapter (strict: warnings and failing cells fail)
+#   make test   the whole test suite: unit tests, nbval on every chapter, the papermill rerun,
+#               and a strict book build
+# Both create .venv if it is missing and install everything into it (tools/install.py).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.immulib-installed
+
+# Development data: the project's shared data folder, when there is one beside the checkout.
+SHARED_DATA := $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)/.),)
+export IMMULIB_DATA ?= $(SHARED_DATA)
+endif
+
+.PHONY: install book test clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml constraints/cpu.txt tools/install.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) tools/install.py
+	touch $@
+
+book: $(STAMP)
+	$(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going
+	@echo "The book is at _build/html/index.html"
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests book --nbval-lax --nbval-current-env
+
+clean:
+	rm -rf _build .pytest_cache

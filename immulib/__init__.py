@@ -1,0 +1,15 @@
+"""immulib: the library of the executable textbook on model immunization.
+
+Companion code to *Model Immunization from a Condition Number Perspective* (Zheng, Bai, Bullins,
+Yeh; ICML 2025). Each module computes one thing and names the chapter that derives it:
+
+- :mod:`immulib.linalg`: condition numbers (both conventions), numerical rank, Gram matrices,
+  the probe Hessian θᵀKθ.
+- :mod:`immulib.data`: House Prices, MNIST, Fashion-MNIST and the 8×8 digits, with one
+  resolution order for files (argument → ``IMMULIB_DATA`` → cache → download).
+- :mod:`immulib.descent`: gradient descent on quadratics and its convergence bound (Eq. (2)).
+
+Nothing is downloaded or computed at import time.
+"""
+
+__version__ = "0.1.0"

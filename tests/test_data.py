@@ -1,0 +1,185 @@
+"""immulib.data: resolution order, checksums, errors, and the datasets' contents."""
+
+import gzip
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from immulib import data
+
+from helpers import PROJECT_DATA, needs_data
+
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+# ------------------------------------------------------------------ resolution order and errors
+
+
+def _touch(folder, dataset, name, text="x"):
+    path = folder / dataset / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_resolution_order_argument_then_env_then_cache(isolated_data, monkeypatch):
+    tmp = isolated_data
+    in_cache = _touch(tmp / "cache", "mnist", "f.gz")
+    assert data.locate("mnist", "f.gz", download=False) == in_cache
+    in_env = _touch(tmp / "env", "mnist", "f.gz")
+    monkeypatch.setenv(data.ENV_VAR, str(tmp / "env"))
+    assert data.locate("mnist", "f.gz", download=False) == in_env
+    in_arg = _touch(tmp / "arg", "mnist", "f.gz")
+    assert data.locate("mnist", "f.gz", tmp / "arg", download=False) == in_arg
+    # a flat folder (the file directly inside data_dir) works too
+    flat = tmp / "flat"
+    flat.mkdir()
+    (flat / "f.gz").write_text("x")
+    assert data.locate("mnist", "f.gz", flat, download=False) == flat / "f.gz"
+
+
+def test_missing_and_offline_names_the_file_and_where_to_put_it(isolated_data):
+    with pytest.raises(FileNotFoundError) as info:
+        data.load_mnist("train", download=False)
+    msg = str(info.value)
+    assert "mnist/train-images-idx3-ubyte.gz" in msg and "download=False" in msg
+    assert data.ENV_VAR in msg and str(isolated_data / "cache") in msg
+
+
+def test_failed_download_is_reported(isolated_data, monkeypatch):
+    monkeypatch.setitem(data.MIRRORS, "mnist", ("file:///nonexistent/mirror/",))
+    with pytest.raises(FileNotFoundError, match="the download failed"):
+        data.load_mnist("test")
+
+
+@needs_data
+def test_download_from_a_mirror_is_verified_and_cached(isolated_data, monkeypatch):
+    mirror = PROJECT_DATA / "mnist"
+    monkeypatch.setitem(data.MIRRORS, "mnist", ("file:///nonexistent/", mirror.as_uri() + "/"))
+    test = data.load_mnist("test")
+    assert test.images.shape == (10000, 28, 28)
+    assert (isolated_data / "cache" / "mnist" / "t10k-images-idx3-ubyte.gz").is_file()
+
+
+def test_corrupt_download_is_rejected(isolated_data, monkeypatch):
+    mirror = isolated_data / "mirror"
+    mirror.mkdir()
+    with gzip.open(mirror / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(b"\x00\x00\x08\x01" + b"\x00" * 20)
+    monkeypatch.setitem(data.MIRRORS, "mnist", (mirror.as_uri() + "/",))
+    with pytest.raises(FileNotFoundError, match="MD5"):
+        data.locate("mnist", "t10k-labels-idx1-ubyte.gz")
+    assert not (isolated_data / "cache" / "mnist" / "t10k-labels-idx1-ubyte.gz").exists()
+
+
+@needs_data
+def test_corrupt_local_file_is_an_error_not_a_wrong_number(isolated_data):
+    folder = isolated_data / "local" / "mnist"
+    folder.mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(PROJECT_DATA / "mnist" / name, folder / name)
+    raw = gzip.open(folder / "t10k-labels-idx1-ubyte.gz").read()
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(raw[:-1] + bytes([(raw[-1] + 1) % 10]))  # one label changed
+    with pytest.raises(ValueError, match="MD5"):
+        data.load_mnist("test", data_dir=isolated_data / "local", download=False)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="split"):
+        data.load_mnist("validation")
+    with pytest.raises(TypeError, match="data_dir"):
+        data.load_fashion_mnist("test", data_dir=3)
+    with pytest.raises(ValueError, match="setup"):
+        data.load_house_prices(setup="mine")
+    with pytest.raises(TypeError, match="n_train"):
+        data.load_house_prices(n_train=1.5)
+    with pytest.raises(ValueError, match="n_train"):
+        data.load_house_prices(n_train=0)
+
+
+# ------------------------------------------------------------------ contents
+
+
+@needs_data
+def test_mnist_contents():
+    train, test = data.load_mnist("train"), data.load_mnist("test")
+    assert train.images.shape == (60000, 28, 28) and train.images.dtype == np.uint8
+    assert np.bincount(train.labels).tolist() == MNIST_TRAIN_COUNTS
+    assert np.bincount(test.labels).tolist() == MNIST_TEST_COUNTS
+    assert train.images.mean() / 255 == pytest.approx(0.13066, abs=1e-5)
+
+
+@needs_data
+def test_fashion_mnist_contents():
+    train, test = data.load_fashion_mnist("train"), data.load_fashion_mnist("test")
+    assert train.images.shape == (60000, 28, 28) and test.images.shape == (10000, 28, 28)
+    assert np.bincount(train.labels).tolist() == [6000] * 10
+
+
+def test_digits_8x8_and_digit_pair():
+    digits = data.load_digits_8x8()
+    assert digits.images.shape == (1797, 8, 8) and digits.images.max() == 16
+    a, b = data.digit_pair(digits, 3, 8, seed=1)
+    n = min(np.sum(digits.labels == 3), np.sum(digits.labels == 8))
+    assert a.shape == b.shape == (n, 8, 8)
+    # every returned image really is an image of its class
+    by_bytes = {img.tobytes(): lab for img, lab in zip(digits.images, digits.labels)}
+    assert {by_bytes[i.tobytes()] for i in a} == {3} and {by_bytes[i.tobytes()] for i in b} == {8}
+    a2, b2 = data.digit_pair(digits, 3, 8, seed=1)
+    assert np.array_equal(a, a2) and np.array_equal(b, b2)
+    with pytest.raises(ValueError, match="different"):
+        data.digit_pair(digits, 3, 3)
+    with pytest.raises(ValueError, match="not a label"):
+        data.digit_pair(digits, 3, 11)
+    with pytest.raises(TypeError, match="a must be an int"):
+        data.digit_pair(digits, "3", 8)
+    with pytest.raises(TypeError, match="ImageSet"):
+        data.digit_pair(digits.images, 3, 8)
+
+
+@needs_data
+def test_house_price_split_reproduces_the_authors_files():
+    root = PROJECT_DATA / "house_price"
+    d1, d2 = data.house_price_split(pd.read_csv(root / "train.csv"))
+    pd.testing.assert_frame_equal(d1, pd.read_csv(root / "D1.csv"), check_dtype=False)
+    pd.testing.assert_frame_equal(d2, pd.read_csv(root / "D2.csv"), check_dtype=False)
+    assert (len(d1), len(d2)) == (309, 1151)
+
+
+def _authors_reference(frame, label):
+    """An independent transcription of the released preprocessing (LabelEncoder, pandas std)."""
+    from sklearn.preprocessing import LabelEncoder
+
+    frame = frame.copy()
+    for col in frame.columns:
+        if not pd.api.types.is_numeric_dtype(frame[col]):
+            frame[col] = LabelEncoder().fit_transform(frame[col].astype(object).fillna(0).astype(str))
+        else:
+            frame[col] = frame[col].fillna(0)
+    feats = [c for c in frame.columns if c not in ("LotArea", "SalePrice")]
+    std = frame[feats].std().replace(0, 1)
+    X = ((frame[feats] - frame[feats].mean()) / std).to_numpy(float)
+    y = ((frame[label] - frame[label].mean()) / (frame[label].std() or 1)).to_numpy(float)
+    return X, y
+
+
+@needs_data
+def test_house_prices_authors_preprocessing():
+    hp = data.load_house_prices()
+    assert hp.XP.shape == hp.XH.shape == (200, 79) and hp.XP_val.shape == (100, 79)
+    assert hp.XP.dtype == np.float64 and len(hp.feature_names) == 79
+    assert "Id" in hp.feature_names and "MSZoning" in hp.feature_names
+    assert "LotArea" not in hp.feature_names and "SalePrice" not in hp.feature_names
+    root = PROJECT_DATA / "house_price"
+    XP, yP = _authors_reference(pd.read_csv(root / "D1.csv"), "LotArea")
+    XH, yH = _authors_reference(pd.read_csv(root / "D2.csv"), "SalePrice")
+    np.testing.assert_allclose(hp.XP, XP[:200], atol=1e-12)
+    np.testing.assert_allclose(hp.yP, yP[:200], atol=1e-12)
+    np.testing.assert_allclose(hp.XH_val, XH[200:300], atol=1e-12)
+    np.testing.assert_allclose(hp.yH_val, yH[200:300], atol=1e-12)
+    with pytest.raises(ValueError, match="exceeds"):
+        data.load_house_prices(n_train=300, n_val=100)

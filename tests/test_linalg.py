@@ -1,0 +1,148 @@
+"""immulib.linalg: condition numbers under both conventions, rank, Gram matrices, probe Hessian."""
+
+import numpy as np
+import pytest
+import torch
+
+from immulib import linalg
+
+
+def random_matrix(rng, n, rank):
+    return rng.standard_normal((n, rank)) @ rng.standard_normal((rank, n))
+
+
+def test_pinv_kappa_equals_norm_times_pinv_norm_on_many_matrices():
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        n = int(rng.integers(1, 12))
+        S = random_matrix(rng, n, n if i % 2 else int(rng.integers(1, n + 1)))
+        expected = np.linalg.norm(S, 2) * np.linalg.norm(np.linalg.pinv(S), 2)
+        assert linalg.condition_number(S) == pytest.approx(expected, rel=1e-6)
+
+
+def test_kappa_of_diagonal_and_scale_invariance():
+    S = np.diag([8.0, 2.0, 0.5])
+    assert linalg.condition_number(S) == pytest.approx(16.0)
+    assert linalg.condition_number(1e-9 * S) == pytest.approx(16.0)
+    assert linalg.condition_number(np.eye(4)) == 1.0
+
+
+def test_conventions_agree_on_well_conditioned_spd():
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        X = rng.standard_normal((40, 8))
+        K = X.T @ X
+        assert linalg.condition_number(K, convention="shifted") == pytest.approx(
+            linalg.condition_number(K), rel=1e-5
+        )
+
+
+def test_conventions_disagree_on_rank_deficient_matrix():
+    # eigenvalues (10, 1, 0): pinv ignores the zero; shifted keeps 0 + tiny noise if above 1e-6
+    S = np.diag([10.0, 1.0, 0.0])
+    assert linalg.condition_number(S) == pytest.approx(10.0)
+    assert linalg.condition_number(S, convention="shifted") == pytest.approx(10.0, rel=1e-5)
+    S_noisy = np.diag([10.0, 1.0, 1e-15])
+    assert linalg.condition_number(S_noisy) == pytest.approx(10.0)
+    assert linalg.condition_number(S_noisy, convention="shifted") > 1e6
+
+
+def test_shifted_matches_authors_formula():
+    rng = np.random.default_rng(2)
+    for _ in range(100):
+        # exact zeros: they land exactly on 1e-6 after the shift and are dropped
+        lam = np.where(rng.random(9) < 0.4, 0.0, np.exp(rng.uniform(-3, 6, 9)))
+        lam[0] = 1.0
+        expected = (lam.max() + 1e-6) / (lam[lam > 0].min() + 1e-6)
+        got = linalg.condition_number(np.diag(rng.permutation(lam)), convention="shifted")
+        assert got == pytest.approx(expected, rel=1e-12)
+        # full rank, eigenvalues far above the shift: the authors' formula through numpy
+        X = rng.standard_normal((30, 9))
+        K = X.T @ X
+        shifted = np.linalg.eigvalsh(K + 1e-6 * np.eye(9))
+        assert linalg.condition_number(K, convention="shifted") == pytest.approx(
+            shifted.max() / shifted[shifted > 1e-6].min(), rel=1e-9
+        )
+
+
+def test_rank_tol_controls_what_counts_as_zero():
+    S = np.diag([1.0, 1e-3, 1e-9])
+    assert linalg.condition_number(S) == pytest.approx(1e9)
+    assert linalg.condition_number(S, rank_tol=1e-6) == pytest.approx(1e3)
+    assert linalg.numerical_rank(S) == 3
+    assert linalg.numerical_rank(S, rank_tol=1e-6) == 2
+
+
+def test_numerical_rank_matches_numpy():
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        n = int(rng.integers(1, 15))
+        r = int(rng.integers(0, n + 1))
+        S = random_matrix(rng, n, r) if r else np.zeros((n, n))
+        assert linalg.numerical_rank(S) == np.linalg.matrix_rank(S)
+
+
+def test_float32_input_is_computed_in_float64():
+    S = torch.diag(torch.tensor([1e4, 1.0, 1e-3], dtype=torch.float32))
+    assert linalg.condition_number(S) == pytest.approx(1e7, rel=1e-6)
+    assert linalg.gram(S).dtype == torch.float64
+
+
+def test_gram_and_probe_hessian():
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((30, 6))
+    K = linalg.gram(X)
+    assert torch.equal(K, K.T)
+    np.testing.assert_allclose(K.numpy(), X.T @ X, rtol=1e-12)
+    theta = rng.standard_normal((6, 4))
+    H = linalg.probe_hessian(theta, K)
+    assert H.shape == (4, 4)
+    np.testing.assert_allclose(H.numpy(), theta.T @ X.T @ X @ theta, rtol=1e-10)
+    # gradients flow through theta
+    t = torch.tensor(theta, requires_grad=True)
+    linalg.probe_hessian(t, K).trace().backward()
+    np.testing.assert_allclose(t.grad.numpy(), 2 * (X.T @ X) @ theta, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.ones((2, 3)), "square"),
+        (np.ones(3), "2-dimensional"),
+        (np.zeros((0, 0)), "empty"),
+        (np.array([[1.0, np.nan], [0.0, 1.0]]), "NaN or infinite"),
+        (np.array([[np.inf, 0.0], [0.0, 1.0]]), "NaN or infinite"),
+        (np.zeros((3, 3)), "all zeros"),
+    ],
+)
+def test_condition_number_rejects_bad_input(bad, match):
+    with pytest.raises(ValueError, match=match):
+        linalg.condition_number(bad)
+
+
+def test_condition_number_argument_errors():
+    with pytest.raises(ValueError, match="symmetric"):
+        linalg.condition_number(np.array([[1.0, 2.0], [0.0, 1.0]]), convention="shifted")
+    with pytest.raises(ValueError, match="convention"):
+        linalg.condition_number(np.eye(2), convention="svd")
+    with pytest.raises(TypeError, match="rank_tol"):
+        linalg.condition_number(np.eye(2), rank_tol="small")
+    with pytest.raises(ValueError, match="rank_tol"):
+        linalg.condition_number(np.eye(2), rank_tol=-1.0)
+    with pytest.raises(ValueError, match="rank_tol applies only"):
+        linalg.condition_number(np.eye(2), convention="shifted", rank_tol=1e-3)
+    with pytest.raises(TypeError, match="S must be"):
+        linalg.condition_number("not a matrix")
+    with pytest.raises(TypeError, match="array of numbers"):
+        linalg.condition_number(np.array([["a", "b"], ["c", "d"]]))
+    with pytest.raises(TypeError, match="real"):
+        linalg.condition_number(torch.eye(2, dtype=torch.complex128))
+
+
+def test_probe_hessian_errors():
+    with pytest.raises(ValueError, match="rows"):
+        linalg.probe_hessian(np.ones((3, 2)), np.eye(4))
+    with pytest.raises(ValueError, match="K must be symmetric"):
+        linalg.probe_hessian(np.eye(2), np.array([[1.0, 1.0], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="K must be square"):
+        linalg.probe_hessian(np.eye(2), np.ones((2, 3)))
