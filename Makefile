@@ -31,5 +31,13 @@ book: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests book --nbval-lax --nbval-current-env
 
+# Student notebooks (solutions replaced by stubs) and the Colab notebooks (README: publishing).
+.PHONY: student colab
+student: $(STAMP)
+	rm -rf _build/student && $(PY) tools/student.py _build/student
+
+colab: $(STAMP)
+	rm -rf _build/colab && $(PY) tools/colab.py _build/colab
+
 clean:
 	rm -rf _build .pytest_cache

@@ -1,0 +1,50 @@
+"""Sphinx extension: the Colab button of every notebook page opens its published ``.ipynb``.
+
+sphinx-book-theme links a MyST notebook to Colab as ``.../blob/<branch>/book/NN_name.md``, which
+Colab cannot open. ``tools/colab.py`` writes an ``.ipynb`` version of every page to
+``_build/colab/book/NN_name.ipynb``, and the README's recipe publishes that folder as the branch
+``colab`` of the book's repository. This extension rewrites the button to
+``<colab_url>/github/ORG/REPO/blob/colab/book/NN_name.ipynb``. It is registered in
+``_config.yml`` under ``sphinx: local_extensions``; the branch is the Sphinx option
+``colab_branch`` (default ``colab``).
+"""
+
+from __future__ import annotations
+
+import re
+
+COLAB_BRANCH = "colab"
+GITHUB_RE = re.compile(r"^https://github\.com/(?P<org>[^/]+)/(?P<repo>[^/]+?)(?:\.git)?/?$")
+
+
+def colab_notebook_url(
+    repository_url: str,
+    pagename: str,
+    colab_url: str = "https://colab.research.google.com",
+    branch: str = COLAB_BRANCH,
+) -> str:
+    """The Colab address of page ``pagename`` (``book/02_condition_numbers``) on ``branch``."""
+    match = GITHUB_RE.match(repository_url or "")
+    if not match:
+        raise ValueError(f"repository_url must be https://github.com/ORG/REPO, got {repository_url!r}")
+    if not pagename or pagename.endswith((".md", ".ipynb")):
+        raise ValueError(f"pagename must be a Sphinx page name without suffix, got {pagename!r}")
+    return f"{colab_url.rstrip('/')}/github/{match['org']}/{match['repo']}/blob/{branch}/{pagename}.ipynb"
+
+
+def _rewrite_colab_button(app, pagename, templatename, context, doctree):
+    options = app.config.html_theme_options
+    colab_url = options.get("launch_buttons", {}).get("colab_url")
+    for group in context.get("header_buttons", []):
+        for button in group.get("buttons", []) if group.get("label") == "launch-buttons" else []:
+            if button.get("text") == "Colab":
+                button["url"] = colab_notebook_url(
+                    options["repository_url"], pagename, colab_url, app.config.colab_branch
+                )
+
+
+def setup(app):
+    app.add_config_value("colab_branch", COLAB_BRANCH, "html")
+    # sphinx-book-theme adds the launch buttons at priority 501; the template renders them later.
+    app.connect("html-page-context", _rewrite_colab_button, priority=600)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
