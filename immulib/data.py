@@ -48,6 +48,7 @@ __all__ = [
     "load_house_prices",
     "load_mnist",
     "locate",
+    "well_posed_columns",
 ]
 
 ENV_VAR = "IMMULIB_DATA"
@@ -103,7 +104,10 @@ HOUSE_PRICE_FINGERPRINT = (1460, 15_354_569, 264_144_946)
 #: Targets: D_P predicts LotArea, D_H predicts SalePrice (paper §5.1).
 TARGET_P, TARGET_H = "LotArea", "SalePrice"
 SPLITS = ("train", "test")
-SETUPS = ("authors",)
+SETUPS = ("authors", "well_posed")
+
+#: Relative residual below which a column counts as in the span of the columns kept before it.
+COLLINEAR_RTOL = 1e-8
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,6 +393,10 @@ def load_house_prices(
     (all columns except LotArea and SalePrice, Id and MSZoning included) and of the target with
     that file's statistics; rows 0 … n_train−1 of each file are the training set and the next
     ``n_val`` rows the validation set (200 and 100 in the paper's code).
+
+    ``setup="well_posed"``: the same rows and values, with the columns chosen by
+    :func:`well_posed_columns` on the training rows removed from both tasks, so that K_P and K_H
+    are full rank (rank = number of columns) and the κ conventions agree.
     """
     import pandas as pd
 
@@ -410,6 +418,38 @@ def load_house_prices(
     XP, yP, names = _authors_preprocess(d1, TARGET_P)
     XH, yH, _ = _authors_preprocess(d2, TARGET_H)
     tr, va = slice(0, n_train), slice(n_train, n_train + n_val)
+    if setup == "well_posed":
+        keep = well_posed_columns(XP[tr], XH[tr])
+        XP, XH, names = XP[:, keep], XH[:, keep], tuple(names[j] for j in keep)
     return HousePrices(
         XP[tr], yP[tr], XH[tr], yH[tr], XP[va], yP[va], XH[va], yH[va], names, setup
     )
+
+
+def well_posed_columns(XP: np.ndarray, XH: np.ndarray, *, rtol: float = COLLINEAR_RTOL) -> list[int]:
+    """Indices of the columns kept by the ``well_posed`` House Prices setup (the same for both tasks).
+
+    The rule, applied to the training rows: (1) drop every column that is constant in X_P or in
+    X_H; (2) walk the remaining columns in their order and drop a column if, in X_P or in X_H, it
+    lies in the span of the columns kept before it (least-squares residual ≤ ``rtol`` times its
+    norm). Rule (1) removes the all-zero columns of the per-file z-score (MSZoning, Utilities,
+    PoolQC, ...); rule (2) removes exact sums such as TotalBsmtSF = BsmtFinSF1 + BsmtFinSF2 +
+    BsmtUnfSF and GrLivArea = 1stFlrSF + 2ndFlrSF + LowQualFinSF, which come after their parts.
+    What is left has full column rank in both tasks. Chapter: "Immunizing a linear model: House Prices".
+    """
+    XP, XH = np.asarray(XP, dtype=np.float64), np.asarray(XH, dtype=np.float64)
+    if XP.ndim != 2 or XH.ndim != 2 or XP.shape[1] != XH.shape[1]:
+        raise ValueError(f"XP and XH must be 2-d with the same columns, got {XP.shape} and {XH.shape}")
+    keep: list[int] = []
+    for j in range(XP.shape[1]):
+        if any(np.ptp(X[:, j]) == 0 for X in (XP, XH)):
+            continue
+        if keep and any(_in_span(X[:, keep], X[:, j], rtol) for X in (XP, XH)):
+            continue
+        keep.append(j)
+    return keep
+
+
+def _in_span(A: np.ndarray, x: np.ndarray, rtol: float) -> bool:
+    resid = x - A @ np.linalg.lstsq(A, x, rcond=None)[0]
+    return bool(np.linalg.norm(resid) <= rtol * np.linalg.norm(x))

@@ -183,3 +183,42 @@ def test_house_prices_authors_preprocessing():
     np.testing.assert_allclose(hp.yH_val, yH[200:300], atol=1e-12)
     with pytest.raises(ValueError, match="exceeds"):
         data.load_house_prices(n_train=300, n_val=100)
+
+
+# ------------------------------------------------------------------ the well-posed House Prices setup
+
+
+def test_well_posed_columns_rule_on_synthetic_data():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((30, 5))
+    X[:, 1] = 0.0  # constant
+    X[:, 4] = X[:, 0] + X[:, 2]  # an exact sum of earlier columns
+    Y = rng.standard_normal((30, 5))
+    assert data.well_posed_columns(X, Y) == [0, 2, 3]
+    Y[:, 3] = 7.0  # constant in the other task removes it from both
+    assert data.well_posed_columns(X, Y) == [0, 2]
+    with pytest.raises(ValueError, match="same columns"):
+        data.well_posed_columns(X, Y[:, :3])
+
+
+@needs_data
+def test_house_prices_well_posed_setup():
+    from immulib import linalg
+
+    authors = data.load_house_prices(setup="authors", data_dir=PROJECT_DATA)
+    wp = data.load_house_prices(setup="well_posed", data_dir=PROJECT_DATA)
+    removed = [n for n in authors.feature_names if n not in wp.feature_names]
+    assert {"TotalBsmtSF", "GrLivArea", "MSZoning", "Utilities", "PoolQC"} <= set(removed)
+    keep = [authors.feature_names.index(n) for n in wp.feature_names]
+    for a, b in ((authors.XP, wp.XP), (authors.XH, wp.XH), (authors.XP_val, wp.XP_val)):
+        assert np.array_equal(a[:, keep], b)  # same rows and values, columns removed
+    assert np.array_equal(authors.yP, wp.yP) and wp.setup == "well_posed"
+    d = len(wp.feature_names)
+    for X in (wp.XP, wp.XH):
+        K = linalg.gram(X)
+        assert linalg.numerical_rank(K) == d
+        pinv, shifted = (linalg.condition_number(K, convention=c) for c in ("pinv", "shifted"))
+        # the shifted convention adds 1e-6·I: exactly that, and nothing else, separates them
+        lam = np.linalg.eigvalsh(K.numpy())
+        assert shifted == pytest.approx((lam[-1] + 1e-6) / (lam[0] + 1e-6), rel=1e-9)
+        assert abs(shifted - pinv) / pinv <= 1e-6 / lam[0] * 1.01 and abs(shifted - pinv) / pinv < 1e-5

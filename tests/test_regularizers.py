@@ -338,3 +338,11 @@ def test_bad_inputs(call, exc, match):
         warnings.simplefilter("ignore", R.NonUniqueSingularValueWarning)
         with pytest.raises(exc, match=match):
             call()
+
+
+def test_safe_step_r_well_tolerates_a_slightly_negative_zero_eigenvalue():
+    # an eigenvalue that is 0 in exact arithmetic but -1e-13 after rounding must not crash the bound
+    Q, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    H = Q @ torch.diag(torch.tensor([5.0, 2.0, 1.0, -1e-13], dtype=torch.float64)) @ Q.T
+    bound = R.safe_step_r_well((H + H.T) / 2, k=4)
+    assert 0 < bound < math.inf
