@@ -1,5 +1,6 @@
 """The book: conventions every chapter follows, and a strict build that fails on any warning."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -16,6 +17,8 @@ from tools.chapters import exercise_chapters, is_notebook, toc_chapters  # noqa:
 from tools.set_repository import INSTALL_RE, configured_url  # noqa: E402
 
 JB = [str(Path(sys.executable).parent / "jupyter-book")]
+# Kernels draw figures inline as in `make book`, whatever backend this test process was given.
+BOOK_ENV = dict(os.environ, MPLBACKEND="module://matplotlib_inline.backend_inline")
 CHAPTERS = toc_chapters()
 NOTEBOOKS = [p for p in CHAPTERS if is_notebook(p)]
 EXERCISE_CHAPTERS = exercise_chapters()  # all notebooks but the Appendices part
@@ -94,7 +97,7 @@ def test_strict_book_build(tmp_path):
     """The whole book, every chapter executed, with Sphinx warnings as errors."""
     proc = subprocess.run(
         JB + ["build", str(ROOT), "--builder", "html", "-W", "-n", "--keep-going", "--path-output", str(tmp_path)],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True, text=True, cwd=ROOT, env=BOOK_ENV,
     )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     html = tmp_path / "_build" / "html"
