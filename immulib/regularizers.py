@@ -68,9 +68,10 @@ def _psd(S, name: str) -> torch.Tensor:
     return t
 
 
-def _check_k(k, n: int, S: torch.Tensor) -> int:
+def _check_k(k, n: int, S: torch.Tensor, lam: torch.Tensor | None = None) -> int:
+    """Validate ``k``; ``None`` means the numerical rank (from the eigenvalues ``lam`` if given)."""
     if k is None:
-        k = numerical_rank(S.detach())
+        k = numerical_rank(S.detach()) if lam is None else _rank_from_eigenvalues(lam, n)
     elif isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"k must be an int or None, got {type(k).__name__}")
     if not 2 <= k <= n:
@@ -78,6 +79,12 @@ def _check_k(k, n: int, S: torch.Tensor) -> int:
             f"k must satisfy 2 <= k <= {n} (R_ill needs at least two nonzero singular values), got {k}"
         )
     return k
+
+
+def _rank_from_eigenvalues(lam: torch.Tensor, n: int) -> int:
+    """numpy's matrix_rank rule on a symmetric matrix's eigenvalues (|λ| are its singular values)."""
+    sigma = lam.abs()
+    return int((sigma > float(sigma.max()) * n * torch.finfo(torch.float64).eps).sum())
 
 
 def _spectrum(S: torch.Tensor, name: str, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,9 +119,12 @@ def _warn_if_tied(lam: torch.Tensor, i: int, what: str) -> None:
         )
 
 
-def _ill_parts(S: torch.Tensor, k: int, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(g, G) with g = ‖S‖_F²/(2k) − σ_k²/2 and G = ∇R_ill(S) = (σ_k v_k v_kᵀ − S/k)/g²."""
-    lam, V = _spectrum(S, "S", check)
+def _ill_parts(S: torch.Tensor, k: int, check: bool = True, spectrum=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g, G) with g = ‖S‖_F²/(2k) − σ_k²/2 and G = ∇R_ill(S) = (σ_k v_k v_kᵀ − S/k)/g².
+
+    ``spectrum``: S's (eigenvalues, eigenvectors) from :func:`_spectrum`, if already computed.
+    """
+    lam, V = spectrum if spectrum is not None else _spectrum(S, "S", check)
     _warn_if_tied(lam, k - 1, f"σ_min = σ_{k} (the k-th singular value)")
     Sd = (S.detach() + S.detach().T) / 2
     sk, vk = lam[k - 1], V[:, k - 1]
@@ -128,9 +138,9 @@ def _ill_parts(S: torch.Tensor, k: int, check: bool = True) -> tuple[torch.Tenso
     return g, (G + G.T) / 2
 
 
-def _well_parts(S: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(R_well(S), ∇R_well(S) = σ₁ v₁ v₁ᵀ − S/p)."""
-    lam, V = _spectrum(S, "S", check)
+def _well_parts(S: torch.Tensor, check: bool = True, spectrum=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R_well(S), ∇R_well(S) = σ₁ v₁ v₁ᵀ − S/p); ``spectrum`` as in :func:`_ill_parts`."""
+    lam, V = spectrum if spectrum is not None else _spectrum(S, "S", check)
     _warn_if_tied(lam, 0, "σ_max = σ₁")
     Sd = (S.detach() + S.detach().T) / 2
     p = S.shape[0]
@@ -147,8 +157,8 @@ class _RIll(torch.autograd.Function):
     """R_ill((S + Sᵀ)/2) with the closed-form backward of Eq. (13)."""
 
     @staticmethod
-    def forward(ctx, S: torch.Tensor, k: int) -> torch.Tensor:
-        g, G = _ill_parts(S, k, check=False)
+    def forward(ctx, S: torch.Tensor, k: int, lam=None, V=None) -> torch.Tensor:
+        g, G = _ill_parts(S, k, check=False, spectrum=None if lam is None else (lam, V))
         ctx.save_for_backward(G)
         return 1.0 / g
 
@@ -156,15 +166,15 @@ class _RIll(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         (G,) = ctx.saved_tensors
-        return grad_out * G, None
+        return grad_out * G, None, None, None
 
 
 class _RWell(torch.autograd.Function):
     """R_well((S + Sᵀ)/2) with the closed-form backward σ₁ v₁ v₁ᵀ − S/p."""
 
     @staticmethod
-    def forward(ctx, S: torch.Tensor) -> torch.Tensor:
-        value, G = _well_parts(S, check=False)
+    def forward(ctx, S: torch.Tensor, lam=None, V=None) -> torch.Tensor:
+        value, G = _well_parts(S, check=False, spectrum=None if lam is None else (lam, V))
         ctx.save_for_backward(G)
         return value
 
@@ -172,7 +182,7 @@ class _RWell(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         (G,) = ctx.saved_tensors
-        return grad_out * G
+        return grad_out * G, None, None
 
 
 def r_ill(S, *, k: int | None = None) -> torch.Tensor:
@@ -210,9 +220,8 @@ def r_ill(S, *, k: int | None = None) -> torch.Tensor:
     Derived in the chapter "Regularizers for ill- and well-conditioning".
     """
     S = _psd(S, "S")
-    k = _check_k(k, S.shape[0], S)
-    _spectrum(S, "S")  # the PSD check
-    return _RIll.apply(S, k)
+    lam, V = _spectrum(S, "S")  # one eigendecomposition: PSD check, rank, σ_k and v_k
+    return _RIll.apply(S, _check_k(k, S.shape[0], S, lam), lam, V)
 
 
 def r_well(S) -> torch.Tensor:
@@ -244,8 +253,7 @@ def r_well(S) -> torch.Tensor:
     Derived in the chapter "Regularizers for ill- and well-conditioning".
     """
     S = _psd(S, "S")
-    _spectrum(S, "S")  # the PSD check
-    return _RWell.apply(S)
+    return _RWell.apply(S, *_spectrum(S, "S"))  # one eigendecomposition, also the PSD check
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +268,8 @@ def g_ill(H, *, k: int | None = None) -> torch.Tensor:
     ill- and well-conditioning".
     """
     H = _psd(H, "H")
-    return _ill_parts(H, _check_k(k, H.shape[0], H))[1]
+    spectrum = _spectrum(H, "H")
+    return _ill_parts(H, _check_k(k, H.shape[0], H, spectrum[0]), spectrum=spectrum)[1]
 
 
 def g_well(H) -> torch.Tensor:
