@@ -29,7 +29,7 @@ book: $(STAMP)
 	@echo "The book is at _build/html/index.html"
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests book --nbval-lax --nbval-current-env -n 2 --dist loadfile
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests book --nbval-lax --nbval-current-env -n 2 --dist loadfile --durations=15
 
 # Student notebooks (solutions replaced by stubs) and the Colab notebooks (README: publishing).
 .PHONY: student colab
