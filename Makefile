@@ -37,7 +37,7 @@ student: $(STAMP)
 	rm -rf _build/student && $(PY) tools/student.py _build/student
 
 colab: $(STAMP)
-	rm -rf _build/colab && $(PY) tools/colab.py _build/colab
+	rm -rf colab && $(PY) tools/colab.py colab
 
 clean:
 	rm -rf _build .pytest_cache

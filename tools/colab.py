@@ -1,12 +1,12 @@
-"""Colab versions of the pages: ``python tools/colab.py [OUT]`` (default ``_build/colab``).
+"""Colab versions of the pages: ``python tools/colab.py [OUT]`` (default ``colab/``).
 
 Colab opens ``.ipynb`` files from GitHub, not MyST ``.md`` chapters. For every notebook page in
 ``_toc.yml`` this writes ``OUT/book/NN_name.ipynb`` (the page's path in the repository, with the
 suffix ``.ipynb``): the chapter unchanged, except that its hidden Colab install cell is replaced
 by a **visible** first cell that installs immulib from ``repository.url`` of ``_config.yml``, only
-when ``google.colab`` is loaded. ``OUT`` is the content of the repository's ``colab`` branch
-(see the README, "Publishing the Colab notebooks"), where the book's Colab buttons point
-(``tools/colab_links.py``).
+when ``google.colab`` is loaded. The default ``colab/`` folder is committed with the chapters;
+the book's Colab buttons point there (``tools/colab_links.py``), and tests/test_colab.py fails
+when it is stale. Regenerate it with ``make colab`` after changing a chapter.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from tools.chapters import (  # noqa: E402
 )
 from tools.set_repository import INSTALL_RE, configured_url  # noqa: E402
 
-DEFAULT_OUT = ROOT / "_build" / "colab"
-BRANCH_README = """# Colab notebooks of the book (generated)
+DEFAULT_OUT = ROOT / "colab"
+FOLDER_README = """# Colab notebooks of the book (generated)
 
-This branch is written by `tools/colab.py` on the main branch; do not edit it by hand.
+Written by `tools/colab.py` (`make colab`) from the chapters in `book/`; do not edit by hand.
 Each `book/NN_name.ipynb` is a chapter of the book, opened by the chapter's Colab button.
 """
 
@@ -51,6 +51,8 @@ def colab_notebook(chapter: Path, url: str):
 
     nb = chapter_notebook(chapter)
     nb.cells = [nbformat.v4.new_code_cell(install_source(url))] + [c for c in nb.cells if not is_install_cell(c)]
+    for i, cell in enumerate(nb.cells):  # stable ids, so that regenerating changes nothing
+        cell.id = f"cell-{i:03d}"
     nbformat.validate(nb)
     return nb
 
@@ -67,7 +69,7 @@ def write_colab_notebooks(out_dir: str | Path = DEFAULT_OUT) -> list[Path]:
                 yield chapter.relative_to(ROOT).with_suffix(".ipynb"), colab_notebook(chapter, url)
 
     written = write_notebooks(out_dir, notebooks())
-    (Path(out_dir) / "README.md").write_text(BRANCH_README)
+    (Path(out_dir) / "README.md").write_text(FOLDER_README)
     return written
 
 

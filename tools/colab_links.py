@@ -1,19 +1,19 @@
-"""Sphinx extension: the Colab button of every notebook page opens its published ``.ipynb``.
+"""Sphinx extension: the Colab button of every notebook page opens its committed ``.ipynb``.
 
 sphinx-book-theme links a MyST notebook to Colab as ``.../blob/<branch>/book/NN_name.md``, which
 Colab cannot open. ``tools/colab.py`` writes an ``.ipynb`` version of every page to
-``_build/colab/book/NN_name.ipynb``, and the README's recipe publishes that folder as the branch
-``colab`` of the book's repository. This extension rewrites the button to
-``<colab_url>/github/ORG/REPO/blob/colab/book/NN_name.ipynb``. It is registered in
-``_config.yml`` under ``sphinx: local_extensions``; the branch is the Sphinx option
-``colab_branch`` (default ``colab``).
+``colab/book/NN_name.ipynb``, committed with the chapters (a test fails when they are stale).
+This extension rewrites the button to
+``<colab_url>/github/ORG/REPO/blob/<branch>/colab/book/NN_name.ipynb``, where ``<branch>`` is
+``repository.branch`` of ``_config.yml``. It is registered there under
+``sphinx: local_extensions``.
 """
 
 from __future__ import annotations
 
 import re
 
-COLAB_BRANCH = "colab"
+COLAB_DIR = "colab"
 GITHUB_RE = re.compile(r"^https://github\.com/(?P<org>[^/]+)/(?P<repo>[^/]+?)(?:\.git)?/?$")
 
 
@@ -21,15 +21,21 @@ def colab_notebook_url(
     repository_url: str,
     pagename: str,
     colab_url: str = "https://colab.research.google.com",
-    branch: str = COLAB_BRANCH,
+    branch: str = "main",
 ) -> str:
-    """The Colab address of page ``pagename`` (``book/02_condition_numbers``) on ``branch``."""
+    """The Colab address of page ``pagename`` (``book/02_condition_numbers``): its notebook in
+    the folder ``colab/`` of ``branch``."""
     match = GITHUB_RE.match(repository_url or "")
     if not match:
         raise ValueError(f"repository_url must be https://github.com/ORG/REPO, got {repository_url!r}")
     if not pagename or pagename.endswith((".md", ".ipynb")):
         raise ValueError(f"pagename must be a Sphinx page name without suffix, got {pagename!r}")
-    return f"{colab_url.rstrip('/')}/github/{match['org']}/{match['repo']}/blob/{branch}/{pagename}.ipynb"
+    if not branch:
+        raise ValueError("branch must be a non-empty branch name")
+    return (
+        f"{colab_url.rstrip('/')}/github/{match['org']}/{match['repo']}/blob/{branch}/"
+        f"{COLAB_DIR}/{pagename}.ipynb"
+    )
 
 
 def _rewrite_colab_button(app, pagename, templatename, context, doctree):
@@ -39,12 +45,11 @@ def _rewrite_colab_button(app, pagename, templatename, context, doctree):
         for button in group.get("buttons", []) if group.get("label") == "launch-buttons" else []:
             if button.get("text") == "Colab":
                 button["url"] = colab_notebook_url(
-                    options["repository_url"], pagename, colab_url, app.config.colab_branch
+                    options["repository_url"], pagename, colab_url, options.get("repository_branch") or "main"
                 )
 
 
 def setup(app):
-    app.add_config_value("colab_branch", COLAB_BRANCH, "html")
     # sphinx-book-theme adds the launch buttons at priority 501; the template renders them later.
     app.connect("html-page-context", _rewrite_colab_button, priority=600)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
