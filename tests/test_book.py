@@ -105,3 +105,12 @@ def test_strict_book_build(tmp_path):
         page = html / path.relative_to(ROOT).with_suffix(".html")
         assert page.is_file(), f"{page} was not built"
     assert any((html / "_images").glob("*.png")), "no figure was rendered"
+
+
+def test_set_repository_rejects_a_non_github_url():
+    from tools import set_repository
+
+    before = (ROOT / "_config.yml").read_text()
+    with pytest.raises(SystemExit, match="github.com"):
+        set_repository.main(["https://gitlab.com/org/repo"])
+    assert (ROOT / "_config.yml").read_text() == before

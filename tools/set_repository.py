@@ -3,7 +3,8 @@
 The repository URL lives in ``_config.yml`` (``repository.url``; the launch and repository
 buttons use it). Each chapter's hidden Colab cell installs immulib from the same URL. With a URL
 argument this script writes it into ``_config.yml`` first; in both cases it then rewrites every
-chapter's install cell to match ``_config.yml``. The test suite checks that they agree.
+chapter's install cell to match ``_config.yml`` and regenerates the Colab notebooks in
+``colab/`` (which install from the same URL). The test suite checks that they all agree.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 INSTALL_RE = re.compile(r'"immulib @ git\+(?P<url>[^"]+)"')
 CONFIG_RE = re.compile(r"^(  url: )(\S+)$", re.MULTILINE)
 
@@ -40,7 +43,10 @@ def main(argv: list[str]) -> None:
         if new != text:
             chapter.write_text(new)
             print(f"updated {chapter.relative_to(ROOT)}")
-    print(f"repository: {url}")
+    from tools.colab import DEFAULT_OUT, write_colab_notebooks
+
+    write_colab_notebooks(DEFAULT_OUT)
+    print(f"repository: {url}; Colab notebooks regenerated in {DEFAULT_OUT.relative_to(ROOT)}/")
 
 
 if __name__ == "__main__":
