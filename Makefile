@@ -28,8 +28,10 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going
 	@echo "The book is at _build/html/index.html"
 
+# Two pytest-xdist workers share the machine's cores, so each (and every kernel it starts) runs
+# single-threaded BLAS/torch: oversubscribed threads make small matrix ops many times slower.
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests book --nbval-lax --nbval-current-env -n 2 --dist loadfile --durations=15
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest tests book --nbval-lax --nbval-current-env -n 2 --dist loadfile --durations=15
 
 # Student notebooks (solutions replaced by stubs) and the Colab notebooks (README: publishing).
 .PHONY: student colab
