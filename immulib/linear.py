@@ -1,0 +1,749 @@
+"""Immunizing a linear feature extractor: one engine for Algorithm 1, its ablations and baselines.
+
+The defender trains θ (D × D) and a pre-training head ω so that the ℓ2 probe on the harmful
+inputs, H_H(θ) = θᵀK_Hθ, is ill-conditioned while the probe on D_P, H_P(θ) = θᵀK_Pθ, is not
+(Eq. (11)). Everything the full-batch methods need is a function of Gram matrices, so the
+engine works on a :class:`Problem` of sufficient statistics, **batched** along a leading
+dimension B: :func:`immunize` runs one problem (B = 1), the MNIST sweep
+(:mod:`immulib.pairs`) runs 90 digit pairs through the same :func:`run`.
+
+Methods (what is optimised):
+
+* ``"ours"``: Algorithm 1, L(D_P) + λ_P R_well(H_P) + λ_H R_ill(H_H), with the K⁻¹-preconditioned
+  regularizer steps computed as θ(I − 2η_P G_well − 2η_H G_ill) (Theorems 4.2-4.3; K⁻¹ is
+  never formed);
+* ``"r_well_only"`` / ``"r_ill_only"``: the same with λ_H = 0 / λ_P = 0 (the ablations);
+* ``"constrained"`` (this book's protective variant): maximise log κ(H_H) while holding
+  κ(H_P) ≤ κ(K_P) (Definition 3.1 (b)), by Adam on log κ(H_H) − β·max(0, log κ(H_P) − log κ(K_P))²
+  followed by guaranteed R_well steps (Theorem 4.3 (1)) until the constraint holds;
+* ``"opt_kappa"``: Adam on L(D_P) + μ(log κ(H_P) − log κ(H_H)) (closed-form gradients);
+* ``"imma"``: Adam on L(D_P) − μ·L_H(w_T), w_T the attacker's probe after ``inner_steps``
+  unrolled, differentiable gradient steps (needs the harmful targets).
+
+Step policies of ``"ours"``/``"r_well_only"``/``"r_ill_only"`` (named objects in :data:`POLICIES`):
+
+* ``"paper"``: Algorithm 1 exactly as printed: fixed η, λ_P, λ_H, full batch;
+* ``"adaptive"``: each regularizer step sized by its own Theorem 4.3 bound at θ_t (R_ill's also
+  by a trust region), never as a fraction of the other's;
+* ``"released"``: the authors' released code: Adam, mini-batch Gram matrices, a ridge in the
+  preconditioner, applied on the output side (B = 1 only; it needs the rows of X).
+
+Derived in the chapter {ref}`ch-house-prices`; the sweep in {ref}`ch-mnist-pairs`; the protective
+optimum the constrained method aims at in {ref}`ch-optimal`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import regularizers as reg
+from ._validate import as_float64, choice, flag, integer, nonneg, number, positive, threads
+from ._validate import progress as _progress
+from .linalg import CONVENTIONS, SHIFT, gram
+from .results import ImmunizationResult
+
+__all__ = [
+    "AUTHORS_HOUSE_PRICES",
+    "METHODS",
+    "POLICIES",
+    "Policy",
+    "Problem",
+    "algorithm1_direction",
+    "immunize",
+    "precondition",
+    "run",
+]
+
+METHODS: tuple[str, ...] = ("ours", "r_well_only", "r_ill_only", "constrained", "opt_kappa", "imma")
+#: the methods whose steps follow a :class:`Policy`
+POLICY_METHODS: tuple[str, ...] = ("ours", "r_well_only", "r_ill_only")
+
+#: The authors' released house-price configuration (paper_notes §4.2): Adam, lr 5e-3, mini-batches
+#: of 64 (drop_last), λ_P = 100, λ_H = 10⁷, ridge 1 in the preconditioner, applied on the output
+#: side, nn.Linear's default initialisation, ω ~ N(0, I). The code trains 10 epochs; the paper 100.
+AUTHORS_HOUSE_PRICES: dict[str, object] = dict(
+    policy="released", eta=5e-3, batch_size=64, lam_P=100.0, lam_H=1e7, ridge=1.0,
+    precond_side="output", init="linear_default", epochs=10,
+)
+
+EPS = float(torch.finfo(torch.float64).eps)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a step of ``"ours"`` and its ablations is sized (see the module docstring)."""
+
+    name: str
+    description: str
+    optimizer: str  # "gd" or "adam"
+    full_batch: bool
+    default_eta: float
+
+
+POLICIES: dict[str, Policy] = {
+    "paper": Policy("paper", "Algorithm 1 as printed: fixed η, λ_P, λ_H; full batch; K⁻¹ "
+                    "preconditioning (λ's by default balance the two preconditioned gradient norms "
+                    "at θ_0, λ_P·‖2θG_well‖ = λ_H·‖2θG_ill‖ = 1/σ-scale, see immunize)",
+                    "gd", True, 5e-3),
+    "adaptive": Policy("adaptive", "each regularizer step sized by its own bound at θ_t: R_well ρ·the "
+                       "Theorem 4.3 (1) bound, R_ill min(ρ·the Theorem 4.3 (2) bound, trust region δ)",
+                       "gd", True, 1e-3),
+    "released": Policy("released", "the released code: Adam, mini-batch Grams, ridge, output-side "
+                       "preconditioner, through the dummy layer", "adam", False, 5e-3),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# the problem: sufficient statistics, batched
+
+
+@dataclass(frozen=True)
+class Problem:
+    """B linear immunization problems as Gram matrices (float64, one device).
+
+    ``KP``, ``KH``: (B, D, D) Grams of D_P's and D_H's inputs (R_well and R_ill act on θᵀKθ).
+    The supervised loss L = (1/Ns)‖X_sθω − y_s‖² = (uᵀKs u − 2bsᵀu + cs)/Ns, u = θω, is given by
+    ``Ks`` (B, D, D), ``bs`` = X_sᵀy_s (B, D), ``cs`` = y_sᵀy_s (B,), ``Ns`` (B,); by default the rows
+    of D_P. ``bH``, ``cH``, ``NH``: the same for the harmful targets (IMMA only; may be None).
+    """
+
+    KP: torch.Tensor
+    KH: torch.Tensor
+    Ks: torch.Tensor
+    bs: torch.Tensor
+    cs: torch.Tensor
+    Ns: torch.Tensor
+    bH: torch.Tensor | None = None
+    cH: torch.Tensor | None = None
+    NH: torch.Tensor | None = None
+
+    @property
+    def B(self) -> int:
+        return self.KP.shape[0]
+
+    @property
+    def D(self) -> int:
+        return self.KP.shape[-1]
+
+    @classmethod
+    def from_data(cls, XP, yP, XH, yH=None) -> Problem:
+        """One problem (B = 1) from the rows of D_P (inputs and targets) and D_H."""
+        XP, XH = as_float64(XP, "XP", ndim=2).detach(), as_float64(XH, "XH", ndim=2).detach()
+        yP = as_float64(yP, "yP", ndim=1).detach()
+        if len(yP) != len(XP):
+            raise ValueError(f"yP must have {len(XP)} entries (one per row of XP), got {len(yP)}")
+        if XH.shape[1] != XP.shape[1]:
+            raise ValueError(f"XH must have {XP.shape[1]} columns like XP, got {XH.shape[1]}")
+        KP, KH = gram(XP), gram(XH)
+        one = lambda v: torch.tensor([float(v)], dtype=torch.float64)  # noqa: E731
+        bH = cH = NH = None
+        if yH is not None:
+            yH = as_float64(yH, "yH", ndim=1).detach()
+            if len(yH) != len(XH):
+                raise ValueError(f"yH must have {len(XH)} entries (one per row of XH), got {len(yH)}")
+            bH, cH, NH = (XH.T @ yH)[None], one(yH @ yH), one(len(yH))
+        return cls(KP[None], KH[None], KP[None], (XP.T @ yP)[None], one(yP @ yP), one(len(yP)),
+                   bH, cH, NH)
+
+
+def _sym(A):
+    return (A + A.mT) / 2
+
+
+def _eig(H):
+    """Eigenvalues (ascending) and eigenvectors of a batch of symmetric matrices, scaled for
+    stability (κ and the eigenvectors are scale-free; the eigenvalues are scaled back)."""
+    s = H.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(H.dtype).tiny)
+    lam, V = torch.linalg.eigh(_sym(H) / s)
+    return lam * s[..., 0], V
+
+
+def _rank(lam):
+    """Numerical rank per batch element (numpy's matrix_rank rule on the eigenvalues)."""
+    tol = lam[..., -1:].abs() * lam.shape[-1] * EPS
+    return (lam > tol).sum(-1)
+
+
+def _pick(lam, idx):
+    return torch.gather(lam, -1, idx[..., None])[..., 0]
+
+
+def _kappa(lam, k, convention: str):
+    """κ of each batch element from its eigenvalues: pinv (σ_max/σ_k, k the rank) or shifted."""
+    D = lam.shape[-1]
+    if convention == "pinv":
+        return lam[..., -1] / _pick(lam, D - k)
+    shifted = lam + SHIFT
+    big = torch.where(shifted > SHIFT, shifted, torch.full_like(shifted, math.inf))
+    return shifted[..., -1] / big.amin(-1)
+
+
+def _outer(V, j):
+    v = torch.gather(V, -1, j[:, None, None].expand(V.shape[0], V.shape[1], 1))
+    return v @ v.mT
+
+
+def _g_well(lam, V):
+    """∇R_well(H) = σ₁v₁v₁ᵀ − H/p from H's eigen-decomposition (batched)."""
+    p = lam.shape[-1]
+    top = torch.full(lam.shape[:1], p - 1, device=lam.device)
+    return _sym(lam[:, -1, None, None] * _outer(V, top) - (V * lam[:, None, :]) @ V.mT / p)
+
+
+def _g_ill(lam, V, k):
+    """(∇R_ill(H), g) with ∇R_ill = (σ_k v_k v_kᵀ − H/k)/g², g = ‖H‖_F²/(2k) − σ_k²/2 (Eq. (13))."""
+    D = lam.shape[-1]
+    j = D - k
+    sk = _pick(lam, j)
+    g = (lam**2).sum(-1) / (2 * k) - sk**2 / 2
+    G = (sk[:, None, None] * _outer(V, j) - (V * lam[:, None, :]) @ V.mT / k[:, None, None])
+    return _sym(G / (g**2)[:, None, None]), g, sk
+
+
+def _bound_well(lam, k):
+    """The Theorem 4.3 (1) step bound (immulib.regularizers.safe_step_r_well), batched."""
+    p = lam.shape[-1]
+    s1, s2 = lam[:, -1], lam[:, -2].clamp_min(0)
+    smin = _pick(lam, p - k).clamp_min(0)
+    first = (1 - torch.sqrt(smin / s1)) / (2 * s1 * (1 - 1 / p))
+    second = torch.where(s2 > 0, p * (torch.sqrt(s1 / s2.clamp_min(1e-300)) - 1) / (2 * s2.clamp_min(1e-300)),
+                         torch.full_like(s1, math.inf))
+    out = torch.minimum(first, second)
+    return torch.where(s1 - smin <= reg.UNIQUE_RTOL * s1, torch.zeros_like(out), out)
+
+
+def _grad_log_kappa(theta, K, lam, V, k):
+    """∇_θ log κ(θᵀKθ) = 2Kθ(v₁v₁ᵀ/σ₁ − v_kv_kᵀ/σ_k) (σ_k: the k-th largest eigenvalue)."""
+    D = lam.shape[-1]
+    top = torch.full(lam.shape[:1], D - 1, device=lam.device)
+    j = D - k
+    M = _outer(V, top) / lam[:, -1, None, None] - _outer(V, j) / _pick(lam, j)[:, None, None]
+    return 2 * K @ theta @ M
+
+
+def _sup(prob: Problem, theta, omega):
+    """(∇_θL, ∇_ωL, L) of the supervised loss, batched."""
+    u = (theta @ omega[..., None])[..., 0]
+    Ku = (prob.Ks @ u[..., None])[..., 0]
+    gu = 2 * (Ku - prob.bs) / prob.Ns[:, None]
+    loss = ((u * Ku).sum(-1) - 2 * (prob.bs * u).sum(-1) + prob.cs) / prob.Ns
+    return gu[..., :, None] * omega[..., None, :], (theta.mT @ gu[..., None])[..., 0], loss
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine
+
+
+@dataclass
+class _Adam:
+    eta: float
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    t: int = 0
+    m: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+
+    def step(self, x, g):
+        if self.m is None:
+            self.m, self.v = torch.zeros_like(x), torch.zeros_like(x)
+        self.t += 1
+        self.m = self.b1 * self.m + (1 - self.b1) * g
+        self.v = self.b2 * self.v + (1 - self.b2) * g * g
+        mh, vh = self.m / (1 - self.b1**self.t), self.v / (1 - self.b2**self.t)
+        return x - self.eta * mh / (vh.sqrt() + self.eps)
+
+
+def _log_kappa_t(H, k):
+    """log κ of a batch of PSD matrices, differentiable (IMMA's autograd path only)."""
+    lam = torch.linalg.eigvalsh(_sym(H))
+    return torch.log(lam[:, -1]) - torch.log(_pick(lam, lam.shape[-1] - k).clamp_min(1e-300))
+
+
+def run(prob: Problem, method: str = "ours", *, policy: str = "adaptive", steps: int = 400,
+        eta: float | None = None, lam_P=None, lam_H=None, rho: float = 0.9, delta: float = 0.01,
+        mu: float = 1.0, beta: float = 3.0, inner_steps: int = 10, theta_init=None, omega_init=None,
+        record_every: int = 10, conventions: tuple[str, ...] = ("pinv",), solver: Callable | None = None,
+        progress: bool | None = None, desc: str | None = None):
+    """Run ``method`` on the B problems of ``prob`` for ``steps`` full-batch steps.
+
+    Returns ``(theta (B, D, D), omega (B, D), history, info)``: ``history`` a DataFrame with one
+    row per problem and recorded step (``problem``, ``step``, ``kappa_P``, ``kappa_H`` per
+    convention, ``loss_P``), ``info`` a dict (``lam_P``, ``lam_H``: the weights used, per problem;
+    ``restoration_steps`` of the constrained method). ``solver(H) -> (eigenvalues ascending,
+    eigenvectors)`` replaces the batched ``torch.linalg.eigh`` (each Hessian is decomposed once
+    per step, and that decomposition serves every term, bound and history entry). Knobs: see
+    :func:`immunize`. The ``"released"`` policy needs the rows of X: use :func:`immunize`.
+    """
+    choice(method, "method", METHODS)
+    choice(policy, "policy", POLICIES)
+    if method in POLICY_METHODS and policy == "released":
+        raise ValueError('policy="released" needs the rows of X (mini-batches): call immunize()')
+    steps, record_every, inner_steps = (integer(steps, "steps", 1), integer(record_every, "record_every", 1),
+                                        integer(inner_steps, "inner_steps", 1))
+    rho = number(rho, "rho", minimum=0.0, strict=True)
+    if rho >= 1:
+        raise ValueError(f"rho must be < 1 (a fraction of a Theorem 4.3 bound), got {rho}")
+    delta, mu, beta = positive(delta, "delta"), positive(mu, "mu"), nonneg(beta, "beta")
+    for c in conventions:
+        choice(c, "conventions", CONVENTIONS)
+    if method == "imma" and prob.bH is None:
+        raise ValueError('method="imma" needs the harmful targets yH')
+    eig = solver or _eig
+    B, D, dev = prob.B, prob.D, prob.KP.device
+    theta = (torch.eye(D, dtype=torch.float64, device=dev).expand(B, D, D).clone() if theta_init is None
+             else theta_init.to(dev, torch.float64).expand(B, D, D).clone())
+    omega = (torch.zeros(B, D, dtype=torch.float64, device=dev) if omega_init is None
+             else omega_init.to(dev, torch.float64).expand(B, D).clone())
+    pol = POLICIES[policy]
+    if eta is None:
+        eta = pol.default_eta if method in POLICY_METHODS else (0.1 if method == "constrained" else 1e-2)
+    eta = positive(eta, "eta")
+    lamP0, VP0 = eig(theta.mT @ prob.KP @ theta)
+    lamH0, VH0 = eig(theta.mT @ prob.KH @ theta)
+    kP, kH = _rank(lamP0), _rank(lamH0)
+    if bool((kH < 2).any()) or bool((kP < 2).any()):
+        raise ValueError("H_P(θ_0) and H_H(θ_0) need rank >= 2 for κ and the regularizers")
+    lamK = eig(prob.KP)[0]
+    kappa_budget = _kappa(lamK, _rank(lamK), "pinv")  # κ(K_P) = κ(H_P(I)): Definition 3.1 (b)
+
+    # the weights of the regularizers
+    on_P = 0.0 if method == "r_ill_only" else 1.0
+    on_H = 0.0 if method == "r_well_only" else 1.0
+    if method in POLICY_METHODS and policy == "paper" and (lam_P is None or lam_H is None):
+        # balance the two preconditioned gradient norms at θ_0, each scaled so that η·λ·‖2θG‖ is
+        # η times the relative size of θ: λ_P = ‖θ‖/‖2θG_well‖, λ_H = ‖θ‖/‖2θG_ill‖
+        nth = theta.flatten(1).norm(dim=1)
+        GP0 = _g_well(lamP0, VP0)
+        GH0 = _g_ill(lamH0, VH0, kH)[0]
+        lP = nth / (2 * theta @ GP0).flatten(1).norm(dim=1) if lam_P is None else torch.full((B,), float(lam_P))
+        lH = nth / (2 * theta @ GH0).flatten(1).norm(dim=1) if lam_H is None else torch.full((B,), float(lam_H))
+    else:
+        lP = torch.full((B,), 1.0 if lam_P is None else nonneg(lam_P, "lam_P"), dtype=torch.float64)
+        lH = torch.full((B,), 1.0 if lam_H is None else nonneg(lam_H, "lam_H"), dtype=torch.float64)
+    lP, lH = (lP * on_P).to(dev, torch.float64), (lH * on_H).to(dev, torch.float64)
+    if method not in POLICY_METHODS:
+        lP = lH = torch.full((B,), math.nan, dtype=torch.float64, device=dev)
+
+    adam = _Adam(eta) if method in ("opt_kappa", "imma") else None
+    if method == "constrained":  # K_P⁺ (pseudo-inverse: the authors' setup has a singular K_P)
+        lamK_, VK = eig(prob.KP)
+        inv = torch.where(lamK_ > lamK_[:, -1:] * D * EPS, 1 / lamK_, torch.zeros_like(lamK_))
+        KP_pinv = _sym((VK * inv[:, None, :]) @ VK.mT)
+        best_kH = torch.full((B,), -math.inf, dtype=torch.float64, device=dev)
+        best_theta, best_omega = theta.clone(), omega.clone()
+    LK = eig(prob.Ks)[0][:, -1]
+    rows = []
+
+    def record(t, lamP, lamH, loss):
+        for b in range(B):
+            row = dict(problem=b, step=t, loss_P=float(loss[b]))
+            for c in conventions:
+                suffix = "" if c == conventions[0] else f"_{c}"
+                row["kappa_P" + suffix] = float(_kappa(lamP, _rank(lamP), c)[b])
+                row["kappa_H" + suffix] = float(_kappa(lamH, _rank(lamH), c)[b])
+            rows.append(row)
+
+    bar = tqdm(total=steps, disable=not _progress(progress), desc=desc or method, leave=False)
+    omega_t = omega
+    for t in range(steps + 1):
+        HP, HH = theta.mT @ prob.KP @ theta, theta.mT @ prob.KH @ theta
+        g_theta, g_omega, loss = _sup(prob, theta, omega)
+        if not (bool(torch.isfinite(HP).all()) and bool(torch.isfinite(HH).all())
+                and bool(torch.isfinite(loss).all())):
+            raise FloatingPointError(
+                f"{method} diverged at step {t} (non-finite spectrum or loss): lower eta={eta:g}"
+                + (f" or the weights lam_P/lam_H={lam_P}/{lam_H}" if method in POLICY_METHODS else f", mu={mu:g}"))
+        lamP, VP = eig(HP)
+        lamH, VH = eig(HH)
+        if method == "constrained":  # keep the feasible iterate with the largest κ(H_H)
+            kH_t = _kappa(lamH, kH, "pinv")
+            feasible = _kappa(lamP, kP, "pinv") <= kappa_budget * (1 + 1e-9)
+            better = feasible & (kH_t > best_kH)
+            best_kH = torch.where(better, kH_t, best_kH)
+            best_theta = torch.where(better[:, None, None], theta, best_theta)
+            best_omega = torch.where(better[:, None], omega, best_omega)
+        if t % record_every == 0 or t == steps:
+            record(t, lamP, lamH, loss)
+        if t == steps:
+            break
+        # the head: a gradient step on L, capped by the inverse Lipschitz constant Ns/(2σ_max(θᵀKsθ))
+        top = lamP[:, -1] if prob.Ks is prob.KP else torch.linalg.eigvalsh(_sym(theta.mT @ prob.Ks @ theta))[:, -1]
+        cap = prob.Ns / (2 * top)
+        eta_w = torch.minimum(torch.full_like(cap, eta), cap) if method in POLICY_METHODS else cap
+        omega_t = omega - eta_w[:, None] * g_omega
+        if method in POLICY_METHODS:
+            theta = _policy_step(pol, theta, omega, g_theta, lamP, VP, lamH, VH, kP, kH, lP, lH,
+                                 eta, rho, delta, LK, prob)
+        elif method == "imma":
+            theta = adam.step(theta, _imma_grad(prob, theta, omega, mu, inner_steps, kH))
+        else:
+            gHk = _grad_log_kappa(theta, prob.KH, lamH, VH, kH)
+            gPk = _grad_log_kappa(theta, prob.KP, lamP, VP, kP)
+            if method == "opt_kappa":
+                grad = g_theta + mu * (gPk - gHk)
+                theta = adam.step(theta, grad)
+            else:  # constrained: ascend log κ(H_H), penalise log κ(H_P) above log κ(K_P);
+                # K_P⁻¹-preconditioned (as Algorithm 1 preconditions R_well) and normalised:
+                # ‖Δθ‖_F = η‖θ‖_F, so η is the relative change of θ per step
+                viol = (torch.log(_kappa(lamP, kP, "pinv")) - torch.log(kappa_budget)).clamp_min(0)
+                P = KP_pinv @ (-gHk + 2 * beta * viol[:, None, None] * gPk)
+                scale = theta.flatten(1).norm(dim=1) / P.flatten(1).norm(dim=1).clamp_min(1e-300)
+                # the step decays linearly to 0, and the best feasible iterate is kept (below)
+                theta = theta - eta * (1 - t / steps) * scale[:, None, None] * P
+        omega = omega_t
+        bar.update(1)
+    bar.close()
+    info = dict(lam_P=lP.tolist(), lam_H=lH.tolist(), restoration_steps=[0] * B)
+    if method == "constrained":
+        # the last iterate if it is feasible after restoration and better, else the best feasible one
+        theta, info["restoration_steps"] = _restore(theta, prob, kP, kappa_budget, rho, eig)
+        last_kH = _kappa(eig(theta.mT @ prob.KH @ theta)[0], kH, "pinv")
+        use_last = last_kH >= best_kH
+        theta = torch.where(use_last[:, None, None], theta, best_theta)
+        omega = torch.where(use_last[:, None], omega, best_omega)
+        lamP, lamH = eig(theta.mT @ prob.KP @ theta)[0], eig(theta.mT @ prob.KH @ theta)[0]
+        rows = [r for r in rows if r["step"] != steps]
+        record(steps, lamP, lamH, _sup(prob, theta, omega)[2])
+    return theta, omega, pd.DataFrame(rows), info
+
+
+def _policy_step(pol, theta, omega, g_theta, lamP, VP, lamH, VH, kP, kH, lP, lH, eta, rho, delta, LK, prob):
+    """One full-batch step of ``"ours"``/``"r_well_only"``/``"r_ill_only"`` under ``pol``."""
+    B = theta.shape[0]
+    M = torch.zeros_like(theta)
+    zero = torch.zeros(B, dtype=theta.dtype, device=theta.device)
+    if bool((lP > 0).any()):
+        GP = _g_well(lamP, VP)
+        etaP = eta * lP if pol.name == "paper" else lP * rho * _bound_well(lamP, kP)
+        M = M + 2 * etaP[:, None, None] * GP
+    if bool((lH > 0).any()):
+        GH, g, sk = _g_ill(lamH, VH, kH)
+        if pol.name == "paper":
+            etaH = eta * lH
+        else:  # its own bound (Theorem 4.3 (2)) and a trust region ‖2η_H G_ill‖₂ ≤ δ
+            bound = g**2 / (2 * sk * (1 - 1 / kH))
+            gnorm = torch.linalg.matrix_norm(GH, ord=2)
+            etaH = lH * torch.minimum(rho * bound, delta / (2 * gnorm))
+        M = M + 2 * torch.where(lH > 0, etaH, zero)[:, None, None] * GH
+    # the supervised θ-step, capped by the inverse Lipschitz constant 2‖ω‖²σ_max(K_s)/N of ∇_θL
+    w2 = (omega * omega).sum(-1)
+    eta_t = torch.minimum(torch.full_like(w2, eta), prob.Ns / (2 * LK * w2 + 1e-300))
+    return theta - eta_t[:, None, None] * g_theta - theta @ M
+
+
+def _imma_grad(prob, theta, omega, mu, inner_steps, kH):
+    """∇_θ of L(D_P) − μ·L_H(w_T) by autograd through the unrolled attacker (batched)."""
+    with torch.enable_grad():
+        th = theta.detach().requires_grad_(True)
+        u = (th @ omega[..., None])[..., 0]
+        Ku = (prob.Ks @ u[..., None])[..., 0]
+        lossP = ((u * Ku).sum(-1) - 2 * (prob.bs * u).sum(-1) + prob.cs) / prob.Ns
+        A = th.mT @ prob.KH @ th
+        A = 2 * _sym(A) / prob.NH[:, None, None]
+        bw = 2 * (th.mT @ prob.bH[..., None])[..., 0] / prob.NH[:, None]
+        alpha = 1 / torch.linalg.eigvalsh(A)[:, -1]
+        w = torch.zeros_like(omega)
+        for _ in range(inner_steps):
+            w = w - alpha[:, None] * ((A @ w[..., None])[..., 0] - bw)
+        lossH = ((w * (A @ w[..., None])[..., 0]).sum(-1) / 2 - (bw * w).sum(-1)) + prob.cH / prob.NH
+        (g,) = torch.autograd.grad((lossP - mu * lossH).sum(), th)
+    return g
+
+
+def _restore(theta, prob, kP, budget, rho, eig, max_steps: int = 10_000):
+    """Guaranteed R_well steps (Theorem 4.3 (1) bound) until κ(H_P) ≤ the budget, per problem."""
+    counts = [0] * theta.shape[0]
+    for _ in range(max_steps):
+        lam, V = eig(theta.mT @ prob.KP @ theta)
+        over = _kappa(lam, kP, "pinv") > budget * (1 + 1e-9)
+        if not bool(over.any()):
+            break
+        etaP = torch.where(over, rho * _bound_well(lam, kP), torch.zeros_like(lam[:, 0]))
+        theta = theta - 2 * theta @ (etaP[:, None, None] * _g_well(lam, V))
+        for b in torch.nonzero(over).flatten().tolist():
+            counts[b] += 1
+    return theta, counts
+
+
+# ---------------------------------------------------------------------------------------------
+# the released code's variant: the "dummy layer", Adam, mini-batches (B = 1)
+
+
+class _Precondition(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, theta, K, side):
+        ctx.save_for_backward(K)
+        ctx.side = side
+        return theta.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (K,) = ctx.saved_tensors
+        if ctx.side == "theta":
+            return torch.linalg.solve(K, grad), None, None
+        return torch.linalg.solve(K, grad.T).T, None, None
+
+
+def precondition(theta: torch.Tensor, K, *, ridge: float = 0.0, side: str = "theta") -> torch.Tensor:
+    """The "dummy layer" of paper §4.4 / App. C.3: returns θ; its backward multiplies by (K + ridge·I)⁻¹.
+
+    ``side="theta"`` (the paper): the gradient G w.r.t. θ becomes (K + rI)⁻¹G, so R(θ̃ᵀKθ̃) with
+    θ̃ = precondition(θ, K) back-propagates K⁻¹∇_θR = 2θ∇_HR. ``side="output"`` (the released code,
+    which left-multiplies ∇_W with W = θᵀ): the gradient becomes G(K + rI)⁻¹. A singular K + rI
+    (ridge 0 on a rank-deficient mini-batch) raises a ValueError instead of a wrong direction.
+    Chapter: {ref}`ch-house-prices`.
+    """
+    if not isinstance(theta, torch.Tensor):
+        raise TypeError(f"theta must be a torch.Tensor, got {type(theta).__name__}")
+    choice(side, "side", ("theta", "output"))
+    ridge = nonneg(ridge, "ridge")
+    K = as_float64(K, "K", ndim=2).detach()
+    if K.shape[0] != K.shape[1] or K.shape[0] != theta.shape[0 if side == "theta" else 1]:
+        raise ValueError(f"K must be square and match theta's {side} side, got {tuple(K.shape)}")
+    K = K + ridge * torch.eye(K.shape[0], dtype=K.dtype)
+    lam = torch.linalg.eigvalsh(_sym(K))
+    if not bool(lam[0] > lam[-1] * K.shape[0] * EPS):
+        raise ValueError(
+            f"the preconditioner K + ridge·I is singular (ridge={ridge:g}, rank "
+            f"{int(_rank(lam[None])[0])} of {K.shape[0]}): inverting it would give a wrong direction; "
+            "use ridge > 0 (the released code uses 1) or full batches")
+    return _Precondition.apply(theta, K, side)
+
+
+def _released_objective(XP, yP, XH, theta, omega, lam_P, lam_H, ridge, side):
+    KP, KH = gram(XP), gram(XH)
+    loss = ((XP @ theta @ omega - yP) ** 2).mean()
+    if lam_P:
+        loss = loss + lam_P * reg.r_well(_th(precondition(theta, KP, ridge=ridge, side=side), KP))
+    if lam_H:
+        loss = loss + lam_H * reg.r_ill(_th(precondition(theta, KH, ridge=ridge, side=side), KH))
+    return loss
+
+
+def _th(theta, K):
+    return _sym(theta.T @ K @ theta)
+
+
+def algorithm1_direction(XP, yP, XH, theta, omega, lam_P: float, lam_H: float, *, ridge: float = 0.0,
+                         side: str = "theta") -> torch.Tensor:
+    """Line 6 of Algorithm 1 without η, by one backward pass through the dummy layer:
+    ∇_θL + λ_P K_P⁻¹∇_θR_well(H_P) + λ_H K_H⁻¹∇_θR_ill(H_H) (``ridge``/``side``: the released variant).
+    With ridge 0 and side "theta" it equals ∇_θL + 2θ(λ_P G_well + λ_H G_ill) (tested).
+    Chapter: {ref}`ch-house-prices`."""
+    theta = as_float64(theta, "theta", ndim=2).detach().requires_grad_(True)
+    loss = _released_objective(as_float64(XP, "XP", ndim=2), as_float64(yP, "yP", ndim=1),
+                               as_float64(XH, "XH", ndim=2), theta, as_float64(omega, "omega", ndim=1),
+                               nonneg(lam_P, "lam_P"), nonneg(lam_H, "lam_H"), nonneg(ridge, "ridge"), side)
+    (grad,) = torch.autograd.grad(loss, theta)
+    return grad
+
+
+def _batches(n, batch_size, gen):
+    perm = torch.randperm(n, generator=gen)
+    return [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]  # drop_last
+
+
+def _run_released(XP, yP, XH, theta, omega, *, eta, lam_P, lam_H, batch_size, ridge, side, steps,
+                  gen, record, record_every, bar):
+    theta = theta.clone().requires_grad_(True)
+    omega = omega.clone().requires_grad_(True)
+    opt = torch.optim.Adam([theta, omega], lr=eta)
+    n = min(len(XP), len(XH))
+    t = 0
+    while t < steps:
+        for idx in (_batches(n, batch_size, gen) if batch_size else [slice(None)]):
+            if t >= steps:
+                break
+            opt.zero_grad()
+            obj = _released_objective(XP[idx], yP[idx], XH[idx], theta, omega, lam_P, lam_H, ridge, side)
+            if not bool(torch.isfinite(obj)):
+                raise FloatingPointError(f"released policy diverged at step {t}: lower eta={eta:g} "
+                                         f"or lam_P/lam_H={lam_P:g}/{lam_H:g}")
+            obj.backward()
+            opt.step()
+            t += 1
+            bar.update(1)
+            if t % record_every == 0 or t == steps:
+                record(t, theta.detach(), omega.detach())
+    return theta.detach(), omega.detach()
+
+
+# ---------------------------------------------------------------------------------------------
+# the entry point
+
+
+def immunize(
+    XP,
+    yP,
+    XH,
+    *,
+    method: str = "ours",
+    policy: str = "adaptive",
+    yH=None,
+    steps: int | None = None,
+    epochs: int | None = None,
+    eta: float | None = None,
+    lam_P: float | None = None,
+    lam_H: float | None = None,
+    rho: float = 0.9,
+    delta: float = 0.01,
+    mu: float = 1.0,
+    beta: float = 3.0,
+    inner_steps: int = 10,
+    batch_size: int | None = None,
+    ridge: float = 0.0,
+    precond_side: str = "theta",
+    init: str = "identity",
+    theta_init=None,
+    convention: str = "pinv",
+    record_every: int = 10,
+    seed: int = 0,
+    num_threads: int | None = 1,
+    progress: bool | None = None,
+) -> ImmunizationResult:
+    """Immunize a linear feature extractor θ on (X_P, y_P) against the harmful inputs X_H.
+
+    Parameters
+    ----------
+    XP, yP, XH
+        D_P's inputs (N_P × D) and targets (N_P), D_H's inputs (N_H × D). Float64 inside.
+    method
+        One of :data:`METHODS` (module docstring). ``"imma"`` needs ``yH``.
+    policy
+        Step policy of ``"ours"``, ``"r_well_only"``, ``"r_ill_only"``: ``"adaptive"`` (default),
+        ``"paper"`` or ``"released"`` (:data:`POLICIES`). Ignored by the other methods, which all
+        run Adam with step ``eta`` on closed-form (or, for IMMA, autograd) gradients.
+    steps, epochs
+        Number of updates (default 400), or, for the released policy, epochs over mini-batches.
+    eta
+        The step size η: Algorithm 1's learning rate (policies "paper": 0.005, the paper's;
+        "adaptive": 0.001, the supervised step only; "released": Adam's 0.005), or Adam's step for
+        ``"constrained"``, ``"opt_kappa"``, ``"imma"`` (default 0.01).
+    lam_P, lam_H
+        Regularizer weights. "paper": λ's of Algorithm 1 (default: balanced so that each
+        preconditioned gradient at θ_0 has the norm of θ_0, the paper's "balancing the gradient
+        norms"); "adaptive": multipliers of the bound-sized steps (default 1); "released": the
+        released λ_P = 100, λ_H = 10⁷.
+    rho, delta
+        "adaptive": the fraction ρ of each Theorem 4.3 bound, and the trust region
+        ‖2η_H G_ill‖₂ ≤ δ of the R_ill step (θ changes by at most that relative amount per step).
+    mu, beta
+        ``"imma"``/``"opt_kappa"``: weight μ of the baseline's term; ``"constrained"``: weight β of
+        the penalty on log κ(H_P) above log κ(K_P).
+    inner_steps
+        ``"imma"``: unrolled attacker steps (probe from w = 0, step 1/λ_max of its Hessian).
+    batch_size, ridge, precond_side
+        The released policy: mini-batch size (drop_last), ridge in the dummy-layer
+        preconditioner, ``"theta"`` (the paper's side) or ``"output"`` (the code's).
+    init, theta_init
+        θ_0: ``"identity"`` or ``"linear_default"`` (nn.Linear's U(±1/√D), the released code),
+        or an explicit ``theta_init``. ω_0 ~ N(0, I/D) (identity) or N(0, I) (linear_default).
+    convention
+        κ convention of the history (:func:`immulib.linalg.condition_number`).
+    record_every
+        Record κ every this many steps (and at the last step), from decompositions already made.
+    seed
+        Seeds θ_0 (``"linear_default"``), ω_0 and the mini-batch order; reruns are identical.
+    num_threads, progress
+        torch threads during the loop (restored afterwards); a tqdm bar (None: unless TQDM_DISABLE).
+
+    Returns
+    -------
+    ImmunizationResult
+        ``theta`` (D × D), ``omega``, ``history`` (step, kappa_P, kappa_H, loss_P), the weights
+        used, seconds and settings. Warns when θ did not move (e.g. huge weights that
+        saturate every step bound).
+
+    Chapter: {ref}`ch-house-prices`.
+    """
+    choice(method, "method", METHODS)
+    choice(policy, "policy", POLICIES)
+    choice(precond_side, "precond_side", ("theta", "output"))
+    choice(init, "init", ("identity", "linear_default"))
+    choice(convention, "convention", CONVENTIONS)
+    seed = integer(seed, "seed", 0)
+    record_every = integer(record_every, "record_every", 1)
+    if steps is not None and epochs is not None:
+        raise ValueError("give steps or epochs, not both")
+    released = method in POLICY_METHODS and policy == "released"
+    if not released:
+        for name, v, default in (("epochs", epochs, None), ("batch_size", batch_size, None),
+                                 ("ridge", ridge, 0.0), ("precond_side", precond_side, "theta")):
+            if v != default:
+                raise ValueError(f'{name} applies only to policy="released" (full-batch methods have no '
+                                 f"{name}), got {v!r}")
+    prob = Problem.from_data(XP, yP, XH, yH if method == "imma" else None)
+    if method == "imma" and yH is None:
+        raise ValueError('method="imma" needs the harmful targets yH')
+    XPt, XHt = as_float64(XP, "XP", ndim=2).detach(), as_float64(XH, "XH", ndim=2).detach()
+    yPt = as_float64(yP, "yP", ndim=1).detach()
+    D = prob.D
+    gen = torch.Generator().manual_seed(seed)
+    if theta_init is not None:
+        theta = as_float64(theta_init, "theta_init", ndim=2).detach().clone()
+        if theta.shape != (D, D):
+            raise ValueError(f"theta_init must be {D} × {D}, got {tuple(theta.shape)}")
+    elif init == "identity":
+        theta = torch.eye(D, dtype=torch.float64)
+    else:
+        theta = (torch.rand(D, D, generator=gen, dtype=torch.float64) * 2 - 1) / math.sqrt(D)
+    omega = torch.randn(D, generator=gen, dtype=torch.float64) / (math.sqrt(D) if init == "identity" else 1.0)
+    start = time.perf_counter()
+    with threads(num_threads), warnings.catch_warnings():
+        warnings.simplefilter("ignore", reg.NonUniqueSingularValueWarning)
+        if released:
+            eta_ = positive(POLICIES["released"].default_eta if eta is None else eta, "eta")
+            lP = 100.0 if lam_P is None else nonneg(lam_P, "lam_P")
+            lH = 1e7 if lam_H is None else nonneg(lam_H, "lam_H")
+            lP, lH = (0.0 if method == "r_ill_only" else lP), (0.0 if method == "r_well_only" else lH)
+            if batch_size is not None:
+                batch_size = integer(batch_size, "batch_size", 1, min(len(XPt), len(XHt)))
+            n_batches = (min(len(XPt), len(XHt)) // batch_size) if batch_size else 1
+            total = (integer(epochs, "epochs", 1) * n_batches if epochs is not None
+                     else integer(steps, "steps", 1) if steps is not None else 10 * n_batches)
+            rows = []
+
+            def rec(t, th, om):
+                from .linalg import condition_number as cn
+                rows.append(dict(step=t, kappa_P=cn(_th(th, gram(XPt)), convention=convention),
+                                 kappa_H=cn(_th(th, gram(XHt)), convention=convention),
+                                 loss_P=float(((XPt @ th @ om - yPt) ** 2).mean())))
+
+            bar = tqdm(total=total, disable=not _progress(progress), desc=f"{method} (released)", leave=False)
+            rec(0, theta, omega)
+            theta_out, omega_out = _run_released(
+                XPt, yPt, XHt, theta, omega, eta=eta_, lam_P=lP, lam_H=lH, batch_size=batch_size,
+                ridge=nonneg(ridge, "ridge"), side=precond_side, steps=total, gen=gen, record=rec,
+                record_every=record_every, bar=bar)
+            bar.close()
+            history, lams, total_steps = pd.DataFrame(rows), (lP, lH), total
+        else:
+            total_steps = 400 if steps is None else integer(steps, "steps", 1)
+            th, om, history, info = run(
+                prob, method, policy=policy, steps=total_steps, eta=eta, lam_P=lam_P, lam_H=lam_H,
+                rho=rho, delta=delta, mu=mu, beta=beta, inner_steps=inner_steps, theta_init=theta,
+                omega_init=omega, record_every=record_every, conventions=(convention,), progress=progress)
+            theta_out, omega_out = th[0], om[0]
+            history = history.drop(columns="problem")
+            lams = (info["lam_P"][0], info["lam_H"][0])
+    seconds = time.perf_counter() - start
+    moved = float((theta_out - theta).norm() / theta.norm())
+    if moved < 1e-12:
+        warnings.warn(f"immunize({method!r}): θ did not move from θ_0 (relative change {moved:.1e}); "
+                      "check eta and the weights (a huge weight can make every step bound vanish)",
+                      RuntimeWarning, stacklevel=2)
+    settings = dict(policy=policy if method in POLICY_METHODS else None, steps=total_steps, eta=eta,
+                    rho=rho, delta=delta, mu=mu, beta=beta, inner_steps=inner_steps, batch_size=batch_size,
+                    ridge=ridge, precond_side=precond_side, init=init, seed=seed, convention=convention)
+    return ImmunizationResult(method=method, history=history, lam_P=float(lams[0]), lam_H=float(lams[1]),
+                              seconds=seconds, settings=settings, theta=theta_out.detach().clone(),
+                              omega=omega_out.detach().clone())
