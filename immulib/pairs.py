@@ -1,32 +1,19 @@
-"""The MNIST digit-pair sweep (paper §5.1, Fig. 2 and Table 2), fast enough for a laptop.
+"""The MNIST digit-pair task (paper §5.1, Fig. 2 and Table 2): its features, its Gram matrices,
+and the sweep of every method over the 90 ordered pairs, fast enough for a laptop.
 
 For an ordered pair (a, b), a ≠ b, D_P holds the training images of digit a and D_H those of digit
 b, balanced in count exactly as :func:`immulib.data.digit_pair` (the authors' code) draws them.
+:func:`digit_features` is the one definition of a pair's features (pixels of a setup, scaled by
+the authors' :data:`MEAN`/:data:`STD`); every chapter, benchmark and test uses it.
+
 Everything the immunizers need is a function of Gram matrices, so nothing in the loop touches the
-images:
-
-* **10 Gram matrices serve all 90 pairs.** :func:`digit_grams` computes K_c = X_cᵀX_c and
-  s_c = X_cᵀ1 once per digit; a pair's K_P is K_a minus the Gram of the images of a that
-  ``digit_pair`` leaves out (at most 1,321 of them).
-* **The supervised loss in closed form.** The pre-training head is an a-vs-b least-squares
-  classifier, targets +1 on D_P and −1 on D_H (``sup="a_vs_b"``; ``sup="P"``: +1 on D_P only,
-  Algorithm 1's L(D_P) as :func:`immulib.immunize.immunize` computes it). Its loss
-  (1/N)‖Xθω − y‖² = (uᵀK_s u − 2cᵀu + N)/N, u = θω, needs only K_s and c = Xᵀy.
-* **No full eigendecomposition per step.** Algorithm 1 needs σ₁, v₁, σ₂ of H_P (R_well and its
-  step bound), the smallest nonzero eigenvalue of H_P (the bound) and of H_H with its eigenvector
-  (R_ill). With a factor K = LᵀL (L: rank × D) and F = Lθ, H = FᵀF and C = FFᵀ share their nonzero
-  spectrum, and C is invertible even when H is not (the authors' setup). Top pairs come from a
-  block subspace iteration on H, bottom pairs from a block inverse iteration on C (one Cholesky
-  factorisation), both warm-started from the previous step's vectors and stopped on a residual
-  test; the few that do not converge fall back to ``torch.linalg.eigh``.
-* **Pairs are batched** along a leading dimension and everything stays in torch float64, so the
-  same code runs on ``device="cuda"``.
-
-:func:`sweep` runs one method on many pairs and returns a tidy DataFrame. The fast step computes
-the same update as :func:`immulib.immunize.immunize` (``method="ours"``/``"r_ill_only"``, full
-batch, balanced step sizes) when ``sup="P"`` (tested); IMMA and Opt κ are the same objectives as
-there, written batched on Gram matrices. Chapter: "Linear classification: MNIST digit pairs"
-(``book/06_mnist_pairs.md``).
+images: :func:`digit_grams` computes K_c = X_cᵀX_c and s_c = X_cᵀ1 once per digit, and a pair's K_P
+is K_a minus the Gram of the images of a that ``digit_pair`` leaves out. :func:`problem` stacks
+pairs into one :class:`immulib.linear.Problem`, and :func:`run_batch`/:func:`sweep` run them through
+the same engine as :func:`immulib.immunize` (:func:`immulib.linear.run`), batched along the
+leading dimension. The pre-training head is an a-vs-b least-squares classifier, targets +1 on D_P
+and −1 on D_H (``sup="a_vs_b"``, this book's choice: the released code trains it on constant
+labels), or Algorithm 1's L(D_P) with targets +1 (``sup="P"``). Chapter: {ref}`ch-mnist-pairs`.
 """
 
 from __future__ import annotations
@@ -40,17 +27,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import linear
+from ._validate import choice, integer, threads
+from ._validate import progress as _progress
 from .data import ImageSet
-from .immunize import METHODS
 from .linalg import SHIFT
-from .regularizers import UNIQUE_RTOL
 
-__all__ = ["MEAN", "SETUPS", "STD", "SUBSET", "DigitGrams", "all_pairs", "digit_grams", "pair_indices",
-           "pixel_support", "run_batch", "sweep"]
+__all__ = ["MEAN", "SETUPS", "STD", "SUBSET", "DigitGrams", "all_pairs", "digit_features", "digit_grams",
+           "pair_indices", "pixel_support", "problem", "run_batch", "sweep"]
 
 MEAN, STD = 0.1307, 0.3081  # MNIST's pixel mean and std (the authors' normalisation)
 SETUPS: tuple[str, ...] = ("well_posed", "authors")
-#: the pairs the chapter recomputes live by default (one per row of Fig. 2, all digits as D_P)
+#: a stated subset of pairs (one per row of Fig. 2, every digit once as D_P and once as D_H)
 SUBSET: tuple[tuple[int, int], ...] = tuple((a, (a + 3) % 10) for a in range(10))
 EPS = float(np.finfo(np.float64).eps)
 
@@ -80,8 +68,17 @@ def pixel_support(data: ImageSet, setup: str = "well_posed", *, min_frac: float 
     return np.flatnonzero((active > min_frac).all(0))
 
 
-def _features(images: np.ndarray, pixels: np.ndarray, device) -> torch.Tensor:
-    x = torch.from_numpy(images.reshape(len(images), 28 * 28)[:, pixels]).to(device, torch.float64)
+def digit_features(images: np.ndarray, pixels: np.ndarray | None = None, device="cpu") -> torch.Tensor:
+    """The features of the digit-pair task: the chosen ``pixels`` (default all 784) of 28 × 28
+    uint8 images, scaled to [0, 1] and standardised with the authors' :data:`MEAN` and :data:`STD`,
+    float64, one row per image. Chapter: {ref}`ch-mnist-pairs`."""
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ValueError(f"images must be N × 28 × 28, got shape {images.shape}")
+    flat = images.reshape(len(images), 28 * 28)
+    if pixels is not None:
+        flat = flat[:, np.asarray(pixels)]
+    x = torch.from_numpy(np.ascontiguousarray(flat)).to(device, torch.float64)
     return (x / 255 - MEAN) / STD
 
 
@@ -108,7 +105,7 @@ class DigitGrams:
         out = []
         for c, keep in zip((a, b), pair_indices(self.data, a, b, seed=seed)):
             dropped = np.setdiff1d(np.flatnonzero(self.data.labels == c), keep)
-            X = _features(self.data.images[dropped], self.pixels, self.K.device)
+            X = digit_features(self.data.images[dropped], self.pixels, self.K.device)
             K = self.K[c] - X.T @ X
             out.append(((K + K.T) / 2, self.s[c] - X.sum(0)))
         return out[0][0], out[1][0], out[0][1], out[1][1], len(keep)
@@ -120,7 +117,7 @@ def digit_grams(data: ImageSet, setup: str = "well_posed", *, min_frac: float = 
     pixels = pixel_support(data, setup, min_frac=min_frac)
     K, s = [], []
     for c in range(10):
-        X = _features(data.images[data.labels == c], pixels, device)
+        X = digit_features(data.images[data.labels == c], pixels, device)
         K.append(X.T @ X)
         s.append(X.sum(0))
     K = torch.stack(K)
@@ -128,228 +125,38 @@ def digit_grams(data: ImageSet, setup: str = "well_posed", *, min_frac: float = 
 
 
 # ---------------------------------------------------------------------------------------------
-# warm-started extreme eigenpairs, batched
+# pairs as a batch of linear problems
 
 
-def _rayleigh_ritz(A, Q):
-    lam, S = torch.linalg.eigh(Q.mT @ A @ Q)
-    return lam, Q @ S
+def problem(grams: DigitGrams, pairs, *, seed: int = 0, sup: str = "a_vs_b") -> linear.Problem:
+    """The pairs (a, b) as one :class:`immulib.linear.Problem` (B = len(pairs)); harmful targets −1."""
+    choice(sup, "sup", ("a_vs_b", "P"))
+    parts = [grams.pair(a, b, seed) for a, b in _check_pairs(pairs)]
+    KP, KH, sP, sH = (torch.stack([p[i] for p in parts]) for i in range(4))
+    N = torch.tensor([float(p[4]) for p in parts], dtype=torch.float64, device=KP.device)
+    if sup == "P":
+        Ks, bs, cs, Ns = KP, sP, N, N
+    else:
+        Ks, bs, cs, Ns = KP + KH, sP - sH, 2 * N, 2 * N
+    return linear.Problem(KP, KH, Ks, bs, cs, Ns, bH=-sH, cH=N, NH=N)
 
 
-def _top(H, V, tol, max_iter):
-    """Top eigenpairs of symmetric H (B, n, n) by block subspace iteration from V (B, n, m).
+def run_batch(grams: DigitGrams, pairs, method: str = "ours", *, steps: int = 100, seed: int = 0,
+              sup: str = "a_vs_b", **kw):
+    """Run ``method`` on a batch of pairs at once; returns (θ (B, D, D), ω (B, D), problem, history).
 
-    Returns (values descending (B, m), vectors (B, n, m), converged (B,)). Converged: the top
-    Ritz vector's residual is below tol·(σ₁ − σ₂) (so the vector, not only the value, is
-    accurate) and the second one's below tol·σ₁.
+    θ_0 = I and ω_0 ~ N(0, I/D) from ``seed`` (the same for every pair, as one
+    :func:`immulib.immunize` call per pair with that seed would draw it, unless ``theta_init`` is
+    given); ``kw`` are the knobs of :func:`immulib.linear.run` (``policy``, ``eta``, ``lam_P``, ...).
     """
-    for _ in range(max_iter):
-        lam, V = _rayleigh_ritz(H, torch.linalg.qr(H @ V).Q)
-        lam, V = lam.flip(-1), V.flip(-1)
-        res = (H @ V[..., :2] - V[..., :2] * lam[:, None, :2]).norm(dim=1)
-        ok = (res[:, 0] <= tol * (lam[:, 0] - lam[:, 1])) & (res[:, 1] <= tol * lam[:, 0])
-        if bool(ok.all()):
-            break
-    return lam, V, ok
-
-
-def _bottom(C, V, tol, max_iter):
-    """Smallest eigenpairs of SPD C (B, k, k) by block inverse iteration from V (B, k, m).
-
-    Returns (values ascending, vectors, converged): the smallest Ritz pair's residual is below
-    tol·(λ₂ − λ₁) + 100·eps·‖C‖_F (the vector is accurate up to rounding). The inverse is formed
-    once from a Cholesky factor, so each iteration is a matrix product; its rounding errors are
-    relative to ‖C⁻¹‖ = 1/λ₁, the eigenvalue sought.
-    """
-    Cinv = torch.cholesky_inverse(torch.linalg.cholesky(C))  # one factorisation; iterations are matmuls
-    floor = 100 * EPS * C.flatten(1).norm(dim=1)
-    for _ in range(max_iter):
-        lam, V = _rayleigh_ritz(C, torch.linalg.qr(Cinv @ V).Q)
-        res = (C @ V[..., :1] - V[..., :1] * lam[:, None, :1]).norm(dim=(1, 2))
-        ok = res <= tol * (lam[:, 1] - lam[:, 0]) + floor
-        if bool(ok.all()):
-            break
-    return lam, V, ok
-
-
-def _fallback(A, lam, V, ok, descending):
-    """Replace the pairs that did not converge by an exact ``eigh``."""
-    bad = (~ok).nonzero().flatten()
-    if len(bad):
-        e, Q = torch.linalg.eigh(A[bad])
-        if descending:
-            e, Q = e.flip(-1), Q.flip(-1)
-        m = lam.shape[1]
-        lam, V = lam.clone(), V.clone()
-        lam[bad], V[bad] = e[:, :m], Q[..., :m]
-    return lam, V, len(bad)
-
-
-# ---------------------------------------------------------------------------------------------
-# the batched problem
-
-
-def _factor(K):
-    """L (B, kmax, D) with K ≈ LᵀL on its numerical range (numpy's rank rule), padding rows zero."""
-    lam, Q = torch.linalg.eigh(K)
-    tol = lam[:, -1:] * K.shape[-1] * EPS
-    keep = lam > tol
-    k = keep.sum(1)
-    L = (lam.clamp_min(0).sqrt() * keep)[..., None] * Q.mT  # rows are sqrt(λ) qᵀ, zero if dropped
-    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept rows first
-    L = torch.gather(L, 1, order[..., None].expand_as(L))[:, : int(k.max())]
-    return L, k
-
-
-class _Batch:
-    """Gram matrices and factors of B pairs, stacked."""
-
-    def __init__(self, KP, KH, sP, sH, N, sup):
-        self.KP, self.KH, self.N = KP, KH, N  # N: (B,) images per digit
-        wH = 1.0 if sup == "a_vs_b" else 0.0
-        self.Ks = KP + wH * KH
-        self.c = sP - wH * sH  # Xᵀy with y = +1 on D_P, −1 on D_H
-        self.Ns = N * (1 + wH)
-        self.wH = wH
-        self.LP, self.kP = _factor(KP)
-        self.LH, self.kH = _factor(KH)
-        self.LK = torch.linalg.eigvalsh(self.Ks)[:, -1]
-        self.D = KP.shape[-1]
-
-    def hessians(self, theta, L, k):
-        F = L @ theta
-        H = F.mT @ F
-        C = F @ F.mT
-        pad = torch.arange(C.shape[-1], device=C.device)[None] >= k[:, None]  # padded rows of L
-        big = H.diagonal(dim1=1, dim2=2).sum(-1)  # trace ≥ σ₁: padding never looks smallest
-        C = C + torch.diag_embed(pad * big[:, None])
-        return (H + H.mT) / 2, (C + C.mT) / 2, F
-
-    def sup_loss(self, theta, omega):
-        u = (theta @ omega[..., None])[..., 0]
-        Ku = (self.Ks @ u[..., None])[..., 0]
-        return u, Ku, ((u * Ku).sum(-1) - 2 * (self.c * u).sum(-1) + self.Ns) / self.Ns
-
-
-def _gather(x, i):
-    return torch.gather(x, 1, i[:, None])[:, 0]
-
-
-class _OursStepper:
-    """Algorithm 1 (``"ours"``) or R_ill Only, full batch, the step-size rules of :func:`immulib.immunize.immunize`."""
-
-    def __init__(self, batch, method, eta, balance, rho, delta, tol, max_iter, block):
-        self.b, self.method = batch, method
-        self.eta, self.balance, self.rho, self.delta = eta, balance, rho, delta
-        self.tol, self.max_iter, self.block = tol, max_iter, block
-        self.Vtop = self.WP = self.WH = None
-        self.fallbacks = 0
-
-    def _eig(self, theta):
-        b, m = self.b, self.block
-        HP, CP, _ = b.hessians(theta, b.LP, b.kP)
-        HH, CH, FH = b.hessians(theta, b.LH, b.kH)
-        if self.Vtop is None:  # first step: exact, then warm starts
-            lam, V = torch.linalg.eigh(HP)
-            top, self.Vtop = lam.flip(-1)[:, :m], V.flip(-1)[..., :m]
-            eP, self.WP = torch.linalg.eigh(CP)
-            eH, self.WH = torch.linalg.eigh(CH)
-            self.WP, self.WH, eP, eH = self.WP[..., :m], self.WH[..., :m], eP[:, :m], eH[:, :m]
-        else:
-            top, self.Vtop, ok = _top(HP, self.Vtop, self.tol, max(1, self.max_iter // 3))
-            top, self.Vtop, n1 = _fallback(HP, top, self.Vtop, ok, True)
-            eP, self.WP, ok = _bottom(CP, self.WP, self.tol, self.max_iter)
-            eP, self.WP, n2 = _fallback(CP, eP, self.WP, ok, False)
-            eH, self.WH, ok = _bottom(CH, self.WH, self.tol, self.max_iter)
-            eH, self.WH, n3 = _fallback(CH, eH, self.WH, ok, False)
-            self.fallbacks += n1 + n2 + n3
-        vH = (FH.mT @ self.WH[..., :1])[..., 0] / eH[:, :1].clamp_min(1e-300).sqrt()
-        return HP, HH, top, eP[:, 0], eH[:, 0], vH
-
-    def step(self, theta, omega):
-        b = self.b
-        HP, HH, top, sminP, sk, vH = self._eig(theta)
-        p = b.D
-        s1, s2, v1 = top[:, 0], top[:, 1], self.Vtop[..., 0]
-        B = theta.shape[0]
-        eta_P = torch.zeros(B, dtype=theta.dtype, device=theta.device)
-        M_theta = torch.zeros_like(theta)
-        if self.method == "ours":
-            GP = s1[:, None, None] * v1[..., :, None] * v1[..., None, :] - HP / p
-            # safe_step_r_well(HP, k=k_P), zero when rounding puts σ_k at or below 0
-            first = (1 - (sminP / s1).clamp_min(0).sqrt()) / (2 * s1 * (1 - 1 / p))
-            second = torch.where(s2 > 0, p * ((s1 / s2).sqrt() - 1) / (2 * s2), torch.full_like(s1, math.inf))
-            bound = torch.minimum(first, second)
-            bound = torch.where((s1 - sminP <= UNIQUE_RTOL * s1) | (sminP <= 0), torch.zeros_like(s1), bound)
-            eta_P = self.rho * bound
-            TP = theta @ GP
-            M_theta = M_theta + 2 * eta_P[:, None, None] * TP
-        k = b.kH.to(theta.dtype)
-        g = (HH * HH).sum((1, 2)) / (2 * k) - sk**2 / 2
-        GH = (sk[:, None, None] * vH[..., :, None] * vH[..., None, :] - HH / k[:, None, None]) / g[:, None, None] ** 2
-        GH = (GH + GH.mT) / 2
-        TH = theta @ GH
-        if self.method == "ours":
-            eta_H = self.balance * eta_P * TP.flatten(1).norm(dim=1) / TH.flatten(1).norm(dim=1)
-        else:
-            eta_H = torch.full_like(sk, math.inf)
-        eta_H = torch.minimum(eta_H, self.delta / (2 * GH.flatten(1).norm(dim=1)))
-        M_theta = M_theta + 2 * eta_H[:, None, None] * TH
-        u, Ku, loss = b.sup_loss(theta, omega)
-        grad = (2 / b.Ns)[:, None] * (Ku - b.c)
-        g_theta = grad[..., :, None] * omega[..., None, :]
-        g_omega = (theta.mT @ grad[..., None])[..., 0]
-        lip_w = s1 + b.wH * HH.flatten(1).norm(dim=1)  # ≥ σ_max(θᵀK_sθ); = σ₁(H_P) when sup="P"
-        eta_w = torch.clamp(b.Ns / (2 * lip_w), max=self.eta)
-        eta_t = torch.clamp(b.Ns / (2 * b.LK * (omega * omega).sum(-1) + 1e-300), max=self.eta)
-        theta = theta - eta_t[:, None, None] * g_theta - M_theta
-        omega = omega - eta_w[:, None] * g_omega
-        return theta, omega
-
-
-def _log_kappa(H, k):
-    lam = torch.linalg.eigvalsh(H)
-    n = H.shape[-1]
-    smin = _gather(lam, (n - k).to(torch.int64))
-    return torch.log(lam[:, -1]) - torch.log(smin.clamp_min(lam[:, -1].detach() * 1e-15))
-
-
-class _AutogradStepper:
-    """IMMA and Opt κ: the objectives of :func:`immulib.immunize.immunize`, on Gram matrices, batched.
-
-    Gradient descent with step η and each pair's gradient norm of (θ, ω) clipped at 1.
-    """
-
-    def __init__(self, batch, method, eta, mu, inner_steps):
-        self.b, self.method, self.eta, self.mu, self.inner = batch, method, eta, mu, inner_steps
-        self.fallbacks = 0
-
-    def objective(self, theta, omega):
-        b = self.b
-        _, _, loss = b.sup_loss(theta, omega)
-        HP, HH = theta.mT @ b.KP @ theta, theta.mT @ b.KH @ theta
-        HP, HH = (HP + HP.mT) / 2, (HH + HH.mT) / 2
-        if self.method == "opt_kappa":
-            return loss + self.mu * (_log_kappa(HP, b.kP) - _log_kappa(HH, b.kH))
-        # IMMA: the attacker's ℓ2 probe on D_H with targets −1 (D_H's label in the a-vs-b head),
-        # from w = 0, `inner` unrolled GD steps of size 1/λ_max of its Hessian (2/N)H_H
-        N = b.N.to(theta.dtype)[:, None]
-        cH = (theta.mT @ b.c_H[..., None])[..., 0]  # θᵀX_Hᵀy_H
-        A = (2 / N)[..., None] * HH
-        alpha = 1 / torch.linalg.eigvalsh(A)[:, -1:]
-        w = torch.zeros_like(omega)
-        for _ in range(self.inner):
-            w = w - alpha * (2 / N) * ((HH @ w[..., None])[..., 0] - cH)
-        loss_H = ((w * (HH @ w[..., None])[..., 0]).sum(-1) - 2 * (cH * w).sum(-1) + N[:, 0]) / N[:, 0]
-        return loss - self.mu * loss_H
-
-    def step(self, theta, omega):
-        theta, omega = theta.detach().requires_grad_(True), omega.detach().requires_grad_(True)
-        gt, go = torch.autograd.grad(self.objective(theta, omega).sum(), (theta, omega))
-        norm = (gt.flatten(1).square().sum(1) + go.square().sum(1)).sqrt()
-        scale = (1.0 / (norm + 1e-6)).clamp(max=1.0)  # clip_grad_norm_(…, 1.0)
-        return ((theta - self.eta * scale[:, None, None] * gt).detach(),
-                (omega - self.eta * scale[:, None] * go).detach())
+    choice(method, "method", linear.METHODS)
+    prob = problem(grams, pairs, seed=seed, sup=sup)
+    D = prob.D
+    gen = torch.Generator().manual_seed(integer(seed, "seed", 0))
+    omega = (torch.randn(D, generator=gen, dtype=torch.float64) / math.sqrt(D)).to(prob.KP.device)
+    theta, omega, history, _ = linear.run(prob, method, steps=steps, omega_init=omega,
+                                          progress=kw.pop("progress", False), **kw)
+    return theta, omega, prob, history
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,65 +197,18 @@ def _check_pairs(pairs):
     return out
 
 
-def _pos_int(x, name):
-    if isinstance(x, bool) or not isinstance(x, int):
-        raise TypeError(f"{name} must be an int, got {type(x).__name__}")
-    if x < 1:
-        raise ValueError(f"{name} must be >= 1, got {x}")
-    return x
-
-
-def run_batch(grams: DigitGrams, pairs, method: str = "ours", *, steps: int = 100, seed: int = 0,
-              sup: str = "a_vs_b", eta: float | None = None, balance: float = 1e-5, rho: float = 0.9,
-              delta: float = 0.01, mu: float = 1.0, inner_steps: int = 10, tol: float = 1e-9,
-              max_iter: int = 30, block: int = 6, theta0=None):
-    """Run ``method`` on a batch of pairs at once; returns (θ (B, D, D), ω (B, D), batch, fallbacks).
-
-    The knobs are those of :func:`immulib.immunize.immunize` (θ_0 = I, ω_0 ~ N(0, I/D) from
-    ``seed``, the same for every pair, like one call per pair with that seed). ``tol``,
-    ``max_iter`` and ``block`` steer the warm-started eigensolvers.
-    """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if sup not in ("a_vs_b", "P"):
-        raise ValueError(f'sup must be "a_vs_b" or "P", got {sup!r}')
-    _pos_int(steps, "steps")
-    dev = grams.K.device
-    parts = [grams.pair(a, b, seed) for a, b in pairs]
-    KP, KH, sP, sH = (torch.stack([p[i] for p in parts]) for i in range(4))
-    N = torch.tensor([p[4] for p in parts], dtype=torch.float64, device=dev)
-    batch = _Batch(KP, KH, sP, sH, N, sup)
-    batch.c_H = -sH  # X_Hᵀy_H with y_H = −1
-    D = KP.shape[-1]
-    if eta is None:
-        eta = 1e-3 if method in ("ours", "r_ill_only") else 5e-3
-    if method in ("ours", "r_ill_only"):
-        stepper = _OursStepper(batch, method, eta, balance, rho, delta, tol, max_iter, min(block, D))
-    else:
-        stepper = _AutogradStepper(batch, method, eta, mu, inner_steps)
-    gen = torch.Generator().manual_seed(seed)
-    omega = (torch.randn(D, generator=gen, dtype=torch.float64) / math.sqrt(D)).to(dev)
-    omega = omega.expand(len(pairs), D).clone()
-    if theta0 is None:
-        theta = torch.eye(D, dtype=torch.float64, device=dev).expand(len(pairs), D, D).clone()
-    else:
-        theta = torch.as_tensor(theta0, dtype=torch.float64, device=dev).expand(len(pairs), D, D).clone()
-    with torch.no_grad() if method in ("ours", "r_ill_only") else torch.enable_grad():
-        for _ in range(steps):
-            theta, omega = stepper.step(theta, omega)
-    return theta.detach(), omega.detach(), batch, stepper.fallbacks
 
 
 def sweep(method: str = "ours", setup: str = "well_posed", *, pairs="all", steps: int | None = None,
           seed: int = 0, batch_size: int = 10, data: ImageSet | None = None,
           grams: DigitGrams | None = None, device: str | torch.device = "cpu", sup: str = "a_vs_b",
-          num_threads: int | None = 1, progress: bool = True, **kw) -> pd.DataFrame:
+          num_threads: int | None = 1, progress: bool | None = None, **kw) -> pd.DataFrame:
     """Immunize every pair with ``method`` in ``setup`` and score it; one tidy row per pair and κ convention.
 
     Parameters
     ----------
     method
-        ``"ours"``, ``"r_ill_only"``, ``"imma"`` or ``"opt_kappa"`` (see :func:`run_batch`).
+        One of :data:`immulib.linear.METHODS` (see :func:`run_batch`).
     setup
         ``"well_posed"`` (pixel support of :func:`pixel_support`, scored with ``"pinv"``) or
         ``"authors"`` (all 784 pixels, scored with ``"shifted"`` and ``"pinv"``).
@@ -467,23 +227,21 @@ def sweep(method: str = "ours", setup: str = "well_posed", *, pairs="all", steps
         torch threads during the sweep (restored afterwards; default 1: batched LAPACK calls
         with several threads stall on a loaded machine); None leaves the setting alone.
     kw
-        Passed to :func:`run_batch` (``eta``, ``balance``, ``rho``, ``delta``, ``mu``, ...).
+        Passed to :func:`immulib.linear.run` (``policy``, ``eta``, ``lam_P``, ``lam_H``, ``mu``, ...).
 
     Returns
     -------
     pandas.DataFrame
         Columns setup, method, convention, a, b, seed, steps, kappa_P0, kappa_H0, kappa_P,
-        kappa_H, i, ii, rir, success (RIR > 1 and (ii) ≤ 1), seconds (per pair), fallbacks.
+        kappa_H, i, ii, rir, success (RIR > 1 and (ii) ≤ 1), seconds (per pair), plus the
+        knobs given in ``kw``.
     """
-    if setup not in SETUPS:
-        raise ValueError(f"setup must be one of {SETUPS}, got {setup!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    choice(setup, "setup", SETUPS)
+    choice(method, "method", linear.METHODS)
     pairs = _check_pairs(pairs)
-    steps = 100 if steps is None else _pos_int(steps, "steps")
-    _pos_int(batch_size, "batch_size")
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
+    steps = 100 if steps is None else integer(steps, "steps", 1)
+    integer(batch_size, "batch_size", 1)
+    show = _progress(progress)
     if grams is None:
         if data is None:
             from .data import load_mnist
@@ -493,16 +251,14 @@ def sweep(method: str = "ours", setup: str = "well_posed", *, pairs="all", steps
     elif not isinstance(grams, DigitGrams) or grams.setup != setup:
         raise ValueError(f"grams must be the DigitGrams of setup {setup!r}")
     conventions = ("pinv",) if setup == "well_posed" else ("shifted", "pinv")
-    old = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
     rows = []
-    try:
-        bar = tqdm(total=len(pairs), disable=not progress, desc=f"{method} ({setup})", leave=False)
+    knobs = {k: v for k, v in kw.items() if isinstance(v, (int, float, str))}
+    with threads(num_threads):
+        bar = tqdm(total=len(pairs), disable=not show, desc=f"{method} ({setup})", leave=False)
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
             t0 = time.perf_counter()
-            theta, _, b, fallbacks = run_batch(grams, chunk, method, steps=steps, seed=seed, sup=sup, **kw)
+            theta, _, b, _ = run_batch(grams, chunk, method, steps=steps, seed=seed, sup=sup, **kw)
             if b.KP.is_cuda:
                 torch.cuda.synchronize()
             sec = (time.perf_counter() - t0) / len(chunk)
@@ -517,9 +273,7 @@ def sweep(method: str = "ours", setup: str = "well_posed", *, pairs="all", steps
                     rows.append(dict(setup=setup, method=method, convention=conv, a=a, b=bb, seed=seed,
                                      steps=steps, kappa_P0=k["P0"], kappa_H0=k["H0"], kappa_P=k["P"],
                                      kappa_H=k["H"], i=i, ii=ii, rir=i / ii, success=bool(i / ii > 1 and ii <= 1),
-                                     seconds=sec, fallbacks=fallbacks / len(chunk)))
+                                     seconds=sec, **knobs))
             bar.update(len(chunk))
         bar.close()
-    finally:
-        torch.set_num_threads(old)
     return pd.DataFrame(rows)
