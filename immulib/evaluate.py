@@ -116,7 +116,7 @@ def _steps_fixed(lam: np.ndarray, u: np.ndarray, target: float, max_steps: int,
     for c in grid:
         log_r = 2.0 * np.log(np.abs(1.0 - (c / lam.max()) * lam) + 1e-300)  # ratio² per step, < 1
 
-        def s(t: int) -> float:
+        def s(t: int, log_r=log_r) -> float:
             return float(w @ np.exp(t * log_r)) / s0
 
         if s(max_steps) > target:  # s_t decreases in t, so never reached
