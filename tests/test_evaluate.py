@@ -143,6 +143,11 @@ def test_flags_compute_as_stated():
     # the flag uses the training rows when no held-out rows are given, whose columns are NaN
     no_test = evaluate.score(big, *train)
     assert math.isnan(no_test["steps_H_test_exact"]) and no_test["slower_than_identity"]
+    # the frontier member with (ii) = 1 keeps the D_P optimum: Definition 3.1 holds iff (i) > 1
+    KH = linalg.gram(train[2])
+    good = evaluate.score(optimal.frontier_theta(KP, KH, linalg.condition_number(KP)), *train, **test)
+    assert good["ii"] == pytest.approx(1, rel=1e-8) and good["loss_P_kept"] == pytest.approx(1, rel=1e-8)
+    assert good["def31"] == (good["i"] > 1)
 
 
 def test_works_on_torch_float32_input_and_non_square_theta():
