@@ -5,8 +5,8 @@ The paper's attacker runs gradient descent on the ℓ2 probe ½‖Fw − y‖² 
 immunization raises. An attacker who holds D_H need not run plain gradient descent:
 
 * ``"gd_exact"``: gradient descent with exact line search (the paper's Fig. 1 attacker);
-* ``"gd_fixed"``: gradient descent with a fixed step ``lr`` (tune it with :func:`tune`);
-* ``"adam"``: Adam with learning rate ``lr`` on the same loss;
+* ``"gd_fixed"``: gradient descent with a fixed step ``eta`` (tune it with :func:`tune`);
+* ``"adam"``: Adam with learning rate ``eta`` on the same loss;
 * ``"jacobi"``: diagonal (Jacobi) preconditioning, i.e. exact-line-search descent on the rescaled
   features F·diag(FᵀF)^{-1/2};
 * ``"whiten"``: whitening the features with K_H(θ)^{-1/2} = (FᵀF)^{-1/2} (on the range of F; the
@@ -28,12 +28,14 @@ from collections.abc import Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from .immunize import _int, _pos, _threads
-from .linalg import as_float64, gram
+from . import _validate
+from ._validate import as_float64, integer, positive, threads
+from .linalg import gram
 from .optimal import optimal_theta
 
 __all__ = [
     "ATTACKERS",
+    "NEEDS_ETA",
     "attack",
     "probe_accuracy",
     "probe_loss",
@@ -42,8 +44,8 @@ __all__ = [
 ]
 
 ATTACKERS: tuple[str, ...] = ("gd_exact", "gd_fixed", "adam", "jacobi", "whiten", "lstsq")
-#: Attackers that need a learning rate ``lr``.
-NEEDS_LR: tuple[str, ...] = ("gd_fixed", "adam")
+#: Attackers that need a step size ``eta``.
+NEEDS_ETA: tuple[str, ...] = ("gd_fixed", "adam")
 
 
 def _features_targets(F, y) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,14 +56,14 @@ def _features_targets(F, y) -> tuple[torch.Tensor, torch.Tensor]:
     return F, y
 
 
-def _lr(lr, attacker: str) -> float:
-    if attacker not in NEEDS_LR:
-        if lr is not None:
-            raise ValueError(f"lr applies only to the attackers {NEEDS_LR}, not {attacker!r}")
+def _eta(eta, attacker: str) -> float:
+    if attacker not in NEEDS_ETA:
+        if eta is not None:
+            raise ValueError(f"eta applies only to the attackers {NEEDS_ETA}, not {attacker!r}")
         return math.nan
-    if lr is None:
-        raise ValueError(f"attacker {attacker!r} needs a learning rate lr")
-    return _pos(lr, "lr")
+    if eta is None:
+        raise ValueError(f"attacker {attacker!r} needs a step size eta")
+    return positive(eta, "eta")
 
 
 def _exact_descent(F: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, steps: int, bar) -> torch.Tensor:
@@ -78,8 +80,8 @@ def _exact_descent(F: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, steps: in
     return W
 
 
-def attack(F, y, attacker: str, *, steps: int, lr: float | None = None, seed: int = 0,
-           num_threads: int | None = 1, progress: bool = False) -> torch.Tensor:
+def attack(F, y, attacker: str, *, steps: int, eta: float | None = None, seed: int = 0,
+           num_threads: int | None = 1, progress: bool | None = None) -> torch.Tensor:
     """Run one attacker on the ℓ2 probe ½‖Fw − y‖² and return its iterates w_0 … w_T.
 
     Parameters
@@ -91,15 +93,16 @@ def attack(F, y, attacker: str, *, steps: int, lr: float | None = None, seed: in
         One of :data:`ATTACKERS` (module docstring).
     steps
         T, the number of updates. ``"lstsq"`` is one step: w_1 = F⁺y, and w_t = w_1 after it.
-    lr
-        The learning rate of ``"gd_fixed"`` (on ½‖Fw − y‖²) and ``"adam"``; must be omitted otherwise.
+    eta
+        The step size of ``"gd_fixed"`` (on ½‖Fw − y‖²) and the learning rate of ``"adam"``; must
+        be omitted otherwise.
     seed
         Seeds w_0 ~ N(0, I/d), shared by all attackers for the same seed.
     num_threads
         torch threads while attacking (default 1: on small problems more threads only add
         overhead, which is large on a loaded machine); ``None`` keeps the current setting.
     progress
-        Show a ``tqdm`` bar over the steps.
+        Show a ``tqdm`` bar over the steps; ``None`` (default): unless ``TQDM_DISABLE`` is set.
 
     Returns
     -------
@@ -109,23 +112,22 @@ def attack(F, y, attacker: str, *, steps: int, lr: float | None = None, seed: in
     if attacker not in ATTACKERS:
         raise ValueError(f"attacker must be one of {ATTACKERS}, got {attacker!r}")
     F, y = _features_targets(F, y)
-    steps = _int(steps, "steps", 1)
-    lr = _lr(lr, attacker)
-    seed = _int(seed, "seed", 0)
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
+    steps = integer(steps, "steps", minimum=1)
+    eta = _eta(eta, attacker)
+    seed = integer(seed, "seed", minimum=0)
+    progress = _validate.progress(progress)
     d = F.shape[1]
     gen = torch.Generator().manual_seed(seed)
     w0 = torch.randn(d, generator=gen, dtype=torch.float64) / math.sqrt(d)
     bar = tqdm(total=steps, disable=not progress, desc=attacker, leave=False)
-    with _threads(num_threads):
+    with threads(num_threads):
         try:
-            return _attack(F, y, attacker, steps, lr, w0, bar)
+            return _attack(F, y, attacker, steps, eta, w0, bar)
         finally:
             bar.close()
 
 
-def _attack(F, y, attacker, steps, lr, w0, bar) -> torch.Tensor:
+def _attack(F, y, attacker, steps, eta, w0, bar) -> torch.Tensor:
     d = F.shape[1]
     if attacker == "gd_exact":
         return _exact_descent(F, y, w0, steps, bar)
@@ -146,7 +148,7 @@ def _attack(F, y, attacker, steps, lr, w0, bar) -> torch.Tensor:
         bar.update(steps)
         return W
     w = w0.clone().requires_grad_(True)
-    opt = (torch.optim.SGD if attacker == "gd_fixed" else torch.optim.Adam)([w], lr=lr)
+    opt = (torch.optim.SGD if attacker == "gd_fixed" else torch.optim.Adam)([w], lr=eta)
     for t in range(steps):
         opt.zero_grad()
         loss = 0.5 * ((F @ w - y) ** 2).sum()
@@ -193,29 +195,29 @@ def steps_to_target(curve, target: float, *, higher_is_better: bool) -> int | No
 
 
 def tune(F, y, attacker: str, grid: Iterable[float], *, steps: int, score: Callable[[torch.Tensor], float],
-         seed: int = 0, progress: bool = False) -> tuple[float, torch.Tensor]:
-    """Pick the learning rate of ``attacker`` from ``grid`` by a grid search; return (lr, iterates).
+         seed: int = 0, progress: bool | None = None) -> tuple[float, torch.Tensor]:
+    """Pick the step size of ``attacker`` from ``grid`` by a grid search; return (eta, iterates).
 
     ``score(W)`` maps a trajectory to a number, lower is better (e.g. the steps to a target, with
     a large value when the target is not reached); ties go to the earlier entry of ``grid``.
     Diverging runs (non-finite iterates) are skipped.
     """
-    if attacker not in NEEDS_LR:
-        raise ValueError(f"attacker must be one of {NEEDS_LR} (the attackers with a learning rate), got {attacker!r}")
+    if attacker not in NEEDS_ETA:
+        raise ValueError(f"attacker must be one of {NEEDS_ETA} (the attackers with a step size), got {attacker!r}")
     grid = list(grid)
     if not grid:
-        raise ValueError("grid must contain at least one learning rate")
+        raise ValueError("grid must contain at least one step size")
     if not callable(score):
         raise TypeError(f"score must be callable, got {type(score).__name__}")
     best = None
-    for lr in tqdm(grid, disable=not progress, desc=f"tuning {attacker}", leave=False):
-        W = attack(F, y, attacker, steps=steps, lr=lr, seed=seed)
+    for eta in tqdm(grid, disable=not _validate.progress(progress), desc=f"tuning {attacker}", leave=False):
+        W = attack(F, y, attacker, steps=steps, eta=eta, seed=seed, progress=False)
         if not bool(torch.isfinite(W).all()):
             continue
         s = float(score(W))
         if best is None or s < best[0]:
-            best = (s, lr, W)
+            best = (s, eta, W)
     if best is None:
-        raise ValueError(f"every learning rate in grid diverged for {attacker!r}")
+        raise ValueError(f"every step size in grid diverged for {attacker!r}")
     return best[1], best[2]
 

@@ -12,6 +12,15 @@ cap in closed form. Under the pseudo-inverse convention of Eq. (1) and singular 
 cap is finite only when every direction D_P cannot see is also invisible to D_H
 (null(K_P) ⊆ null(K_H)); otherwise κ(H_H) can be made arbitrarily large at no cost to H_P.
 
+Since RIR = (i)/(ii) with (i) = κ(H_H(θ))/κ(K_H) and (ii) = κ(H_P(θ))/κ(K_P), the same bound reads
+(i) ≤ C·(ii) with C the ceiling: an extractor can raise (i) only by raising (ii) too. Whitening
+reaches RIR = C at the smallest (ii), 1/κ(K_P), so it *lowers* (i) whenever C < κ(K_P): it is
+RIR-optimal but not protective. :func:`frontier_theta` gives the whole family on the line
+(i) = C·(ii): θ_c = W·diag(s_c), with W the generalized eigenvectors of (K_H, K_P) and s_c² spread
+geometrically over [1, c] in the order of the generalized eigenvalues, has (ii) = c/κ(K_P) and
+(i) = c·C/κ(K_P); at c = κ(K_P) it has (ii) = 1 and (i) = C, the largest (i) that any extractor
+can have under Definition 3.1 (b).
+
 Derived in the chapter "The best a linear immunizer can do" (``book/08_optimal_immunizer.md``);
 the two-sided bound is in "Linear probing and its Hessian" (``book/03_probe_hessian.md``).
 """
@@ -22,16 +31,28 @@ import math
 
 import torch
 
-from .linalg import CONVENTIONS, SHIFT, as_float64, check_symmetric, condition_number, probe_hessian, rank_tolerance
+from ._validate import number
+from .linalg import (
+    CONVENTIONS,
+    SHIFT,
+    as_float64,
+    check_symmetric,
+    condition_number,
+    probe_hessian,
+    rank_tolerance,
+)
 from .regularizers import PSD_RTOL
 
 __all__ = [
+    "frontier_theta",
     "generalized_eigenvalues",
+    "generalized_eigh",
     "generalized_spread",
     "kappa_ratio",
     "nested_null_spaces",
     "optimal_theta",
     "rir_ceiling",
+    "whitening_theta",
 ]
 
 #: Q counts as orthogonal when max |QᵀQ − I| <= ORTHO_TOL.
@@ -184,3 +205,68 @@ def rir_ceiling(KP, KH, *, convention: str = "pinv", rank_tol: float | None = No
     if math.isinf(spread):
         return math.inf
     return spread * condition_number(KP, rank_tol=rank_tol) / condition_number(KH, rank_tol=rank_tol)
+
+
+#: :func:`optimal_theta` under the name of what it does (whitening D_P).
+whitening_theta = optimal_theta
+
+
+def _positive_definite(K: torch.Tensor, name: str, rank_tol: float | None) -> None:
+    lam = torch.linalg.eigvalsh(K)
+    if not bool(lam[0] > rank_tolerance(lam.abs(), tuple(K.shape), rank_tol)):
+        raise ValueError(
+            f"{name} must be positive definite (smallest eigenvalue {float(lam[0]):.3g} is at or below "
+            "the rank tolerance); the frontier is defined for well-posed problems only (e.g. the "
+            'House Prices setup="well_posed"), for singular Gram matrices see rir_ceiling'
+        )
+
+
+def generalized_eigh(KP, KH, *, rank_tol: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(μ, W) with K_H W = K_P W diag(μ), WᵀK_PW = I and WᵀK_HW = diag(μ), μ ascending, float64.
+
+    Both Gram matrices must be positive definite (smallest eigenvalue above ``rank_tol``'s rule,
+    see :func:`nested_null_spaces`). Computed through the Cholesky factor K_P = LLᵀ: the
+    eigenvectors V of L⁻¹K_HL⁻ᵀ give W = L⁻ᵀV. Chapter: "The best a linear immunizer can do".
+    """
+    KP, KH = _pair(KP, KH)
+    _positive_definite(KP, "KP", rank_tol)
+    _positive_definite(KH, "KH", rank_tol)
+    L = torch.linalg.cholesky(KP)
+    A = torch.linalg.solve_triangular(L, KH, upper=False)  # L⁻¹K_H
+    C = torch.linalg.solve_triangular(L, A.T, upper=False)  # L⁻¹K_HL⁻ᵀ (K_H symmetric)
+    mu, V = torch.linalg.eigh((C + C.T) / 2)
+    W = torch.linalg.solve_triangular(L.T, V, upper=True)
+    return mu, W
+
+
+def frontier_theta(KP, KH, c: float, *, rank_tol: float | None = None) -> torch.Tensor:
+    """θ_c = W·diag(s_c), an extractor on the frontier (i) = C·(ii) with κ(θ_cᵀK_Pθ_c) = c.
+
+    W and μ are :func:`generalized_eigh`'s (WᵀK_PW = I, WᵀK_HW = diag(μ), μ ascending) and
+    s_j² = c^{j/(n−1)}, j = 0 … n−1: geometric over [1, c], increasing with μ. Then
+    H_P(θ_c) = diag(s²) and H_H(θ_c) = diag(s²μ), so κ(H_P) = c and κ(H_H) = c·μ_max/μ_min
+    (both s² and μ increase with j, so the extremes of s²μ sit at j = 0 and j = n − 1), i.e.
+
+        (ii) = c/κ(K_P),   (i) = C·(ii),   RIR = C (:func:`rir_ceiling`)
+
+    for every c ≥ 1. c = 1 is a whitening of D_P (θ_1 = K_P^{-1/2}Q for an orthogonal Q);
+    c = κ(K_P) gives (ii) = 1 and (i) = C, the largest (i) any extractor can have with
+    (ii) ≤ 1 (Definition 3.1 (b)). θ_c is invertible, so the D_P optimum is kept (Definition 3.1 (c)).
+
+    Parameters
+    ----------
+    KP, KH
+        Positive definite Gram matrices of D_P and D_H (n × n). Singular ones raise a
+        ``ValueError``: use a well-posed setup.
+    c
+        The condition number κ(H_P(θ_c)) to give D_P, a number ≥ 1.
+    rank_tol
+        The tolerance below which an eigenvalue counts as zero (:func:`nested_null_spaces`).
+
+    Chapter: "The best a linear immunizer can do" (``book/08_optimal_immunizer.md``).
+    """
+    c = number(c, "c", minimum=1.0)
+    mu, W = generalized_eigh(KP, KH, rank_tol=rank_tol)
+    n = len(mu)
+    frac = torch.arange(n, dtype=torch.float64) / max(n - 1, 1)
+    return W * (c ** (frac / 2))

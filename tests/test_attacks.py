@@ -23,8 +23,8 @@ def _excess(X, y, W):
 @pytest.mark.parametrize("attacker", attacks.ATTACKERS)
 def test_every_attacker_reaches_the_target_on_a_well_conditioned_problem(attacker):
     X, y = _problem()
-    lr = {"gd_fixed": 1 / float(np.linalg.eigvalsh(X.T @ X).max()), "adam": 0.05}.get(attacker)
-    W = attacks.attack(X, y, attacker, steps=300, lr=lr)
+    eta = {"gd_fixed": 1 / float(np.linalg.eigvalsh(X.T @ X).max()), "adam": 0.05}.get(attacker)
+    W = attacks.attack(X, y, attacker, steps=300, eta=eta)
     assert W.shape == (301, X.shape[1]) and W.dtype == torch.float64
     t = attacks.steps_to_target(_excess(X, y, W), 1e-4, higher_is_better=False)
     assert t is not None and t >= 1
@@ -57,12 +57,12 @@ def test_exact_line_search_matches_descent_gd_errors():
     assert torch.allclose(ours, ref, rtol=1e-8, atol=1e-14 * float(ref[0]))
 
 
-@pytest.mark.parametrize("attacker,lr", [("gd_fixed", 1e-3), ("adam", 0.01), ("gd_exact", None)])
-def test_seeded_reruns_are_identical_and_seeds_differ(attacker, lr):
+@pytest.mark.parametrize("attacker,eta", [("gd_fixed", 1e-3), ("adam", 0.01), ("gd_exact", None)])
+def test_seeded_reruns_are_identical_and_seeds_differ(attacker, eta):
     X, y = _problem(3)
-    a = attacks.attack(X, y, attacker, steps=30, lr=lr, seed=7)
-    b = attacks.attack(X, y, attacker, steps=30, lr=lr, seed=7)
-    c = attacks.attack(X, y, attacker, steps=30, lr=lr, seed=8)
+    a = attacks.attack(X, y, attacker, steps=30, eta=eta, seed=7)
+    b = attacks.attack(X, y, attacker, steps=30, eta=eta, seed=7)
+    c = attacks.attack(X, y, attacker, steps=30, eta=eta, seed=8)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -75,7 +75,7 @@ def test_accuracy_and_steps_to_target():
     assert attacks.steps_to_target([3.0, 2.0, 1.0], 0.5, higher_is_better=False) is None
 
 
-def test_tune_picks_the_fastest_learning_rate():
+def test_tune_picks_the_fastest_step_size():
     X, y = _problem(4)
     L = float(np.linalg.eigvalsh(X.T @ X).max())
 
@@ -83,20 +83,20 @@ def test_tune_picks_the_fastest_learning_rate():
         t = attacks.steps_to_target(_excess(X, y, W), 1e-3, higher_is_better=False)
         return 10**9 if t is None else t
 
-    lr, W = attacks.tune(X, y, "gd_fixed", [0.01 / L, 0.1 / L, 1 / L, 3 / L], steps=200, score=score)
-    assert lr == 1 / L and W.shape == (201, 8)  # 3/L diverges and is skipped
+    eta, W = attacks.tune(X, y, "gd_fixed", [0.01 / L, 0.1 / L, 1 / L, 3 / L], steps=200, score=score)
+    assert eta == 1 / L and W.shape == (201, 8)  # 3/L diverges and is skipped
 
 
 def test_bad_input_errors():
     X, y = _problem()
     with pytest.raises(ValueError, match="attacker"):
         attacks.attack(X, y, "newton", steps=3)
-    with pytest.raises(ValueError, match="lr"):
+    with pytest.raises(ValueError, match="eta"):
         attacks.attack(X, y, "adam", steps=3)
-    with pytest.raises(ValueError, match="lr"):
-        attacks.attack(X, y, "whiten", steps=3, lr=0.1)
-    with pytest.raises(ValueError, match="lr"):
-        attacks.attack(X, y, "gd_fixed", steps=3, lr=-1.0)
+    with pytest.raises(ValueError, match="eta"):
+        attacks.attack(X, y, "whiten", steps=3, eta=0.1)
+    with pytest.raises(ValueError, match="eta"):
+        attacks.attack(X, y, "gd_fixed", steps=3, eta=-1.0)
     with pytest.raises(ValueError, match="steps"):
         attacks.attack(X, y, "gd_exact", steps=0)
     with pytest.raises(TypeError, match="seed"):

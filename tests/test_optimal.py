@@ -2,11 +2,12 @@
 
 import math
 
+import helpers
 import numpy as np
 import pytest
 import torch
 
-from immulib import linalg, metrics, optimal
+from immulib import data, linalg, metrics, optimal
 
 
 def _problem(rng, n, rows=None):
@@ -111,3 +112,96 @@ def test_bad_input_errors():
         optimal.rir_ceiling(K, K, convention="shifted", rank_tol=1e-3)
     with pytest.raises(TypeError, match="KP"):
         optimal.generalized_spread("K", K)
+
+
+# --- the frontier (i) ≤ C·(ii) and the family θ_c --------------------------------------------
+
+
+def _i_ii(XP, XH, theta):
+    r = metrics.rir(XP, XH, theta)
+    return r.i, r.ii
+
+
+def test_i_is_at_most_ceiling_times_ii_for_every_extractor():
+    """Square, tall (D_hid < D_in) and rank-deficient θ: (i) ≤ C·(ii) on positive definite pairs."""
+    rng = np.random.default_rng(10)
+    worst = 0.0
+    for _ in range(200):
+        n = int(rng.integers(2, 8))
+        XP, XH = _problem(rng, n)
+        C = optimal.rir_ceiling(linalg.gram(XP), linalg.gram(XH))
+        k = int(rng.integers(1, n + 1))
+        thetas = [rng.standard_normal((n, n)) @ np.diag(np.exp(rng.uniform(-2, 2, n))),
+                  rng.standard_normal((n, k)),
+                  rng.standard_normal((n, k)) @ rng.standard_normal((k, n))]  # rank k ≤ n
+        for theta in thetas:
+            i, ii = _i_ii(XP, XH, theta)
+            worst = max(worst, i / (C * ii))
+    assert worst <= 1 + 1e-8
+    assert worst > 0.1  # some random θ come close: the check is not vacuous
+
+
+def test_frontier_family_reaches_the_ceiling_at_every_c():
+    rng = np.random.default_rng(11)
+    worst = 0.0
+    for _ in range(150):
+        n = int(rng.integers(2, 9))
+        XP, XH = _problem(rng, n)
+        KP, KH = linalg.gram(XP), linalg.gram(XH)
+        C, kP = optimal.rir_ceiling(KP, KH), linalg.condition_number(KP)
+        mu, W = optimal.generalized_eigh(KP, KH)
+        assert torch.allclose(W.T @ KP @ W, torch.eye(n, dtype=torch.float64), atol=1e-8)
+        assert torch.allclose(W.T @ KH @ W, torch.diag(mu), rtol=1e-8, atol=1e-8 * float(mu.max()))
+        for c in (1.0, float(rng.uniform(1, kP)), kP, 10 * kP):
+            r = metrics.rir(XP, XH, optimal.frontier_theta(KP, KH, c))
+            for got, want in ((r.ii, c / kP), (r.i, C * c / kP), (r.rir, C), (r.kappa_P, c)):
+                worst = max(worst, abs(got / want - 1))
+    assert worst < 1e-8
+
+
+def test_c_equal_one_is_a_whitening_and_the_ascending_order_maximises_i():
+    rng = np.random.default_rng(12)
+    for _ in range(30):
+        n = int(rng.integers(3, 8))
+        XP, XH = _problem(rng, n)
+        KP, KH = linalg.gram(XP), linalg.gram(XH)
+        th1 = optimal.frontier_theta(KP, KH, 1.0)
+        assert torch.allclose(linalg.probe_hessian(th1, KP), torch.eye(n, dtype=torch.float64), atol=1e-8)
+        c = linalg.condition_number(KP)
+        best = _i_ii(XP, XH, optimal.frontier_theta(KP, KH, c))[0]
+        _, W = optimal.generalized_eigh(KP, KH)
+        s = optimal.frontier_theta(KP, KH, c).norm(dim=0) / W.norm(dim=0)  # the column scales s_c
+        for _ in range(10):  # the same scales in another order: (ii) = 1 still, (i) no larger
+            i, ii = _i_ii(XP, XH, W * s[torch.from_numpy(rng.permutation(n))])
+            assert ii == pytest.approx(1, rel=1e-8) and i <= best * (1 + 1e-8)
+        i_rev, _ = _i_ii(XP, XH, W * s.flip(0))
+        assert i_rev < best
+
+
+@helpers.needs_data
+def test_frontier_member_with_ii_one_reaches_the_ceiling_on_house_prices():
+    wp = data.load_house_prices(setup="well_posed")
+    KP, KH = linalg.gram(wp.XP), linalg.gram(wp.XH)
+    C, kP = optimal.rir_ceiling(KP, KH), linalg.condition_number(KP)
+    r = metrics.rir(wp.XP, wp.XH, optimal.frontier_theta(KP, KH, kP))
+    assert r.i == pytest.approx(C, rel=1e-6) and r.ii == pytest.approx(1, rel=1e-6)
+    w = metrics.rir(wp.XP, wp.XH, optimal.whitening_theta(KP))
+    assert w.rir == pytest.approx(C, rel=1e-6) and w.i == pytest.approx(C / kP, rel=1e-6)
+
+
+def test_frontier_bad_input_errors():
+    rng = np.random.default_rng(13)
+    XP, XH = _problem(rng, 4)
+    KP, KH = linalg.gram(XP), linalg.gram(XH)
+    with pytest.raises(ValueError, match="c must be >= 1"):
+        optimal.frontier_theta(KP, KH, 0.5)
+    with pytest.raises(TypeError, match="c must be a number"):
+        optimal.frontier_theta(KP, KH, "big")
+    singular = KP.clone()
+    singular[0, :] = singular[:, 0] = 0.0
+    with pytest.raises(ValueError, match="KP must be positive definite"):
+        optimal.frontier_theta(singular, KH, 2.0)
+    with pytest.raises(ValueError, match="KH must be positive definite"):
+        optimal.generalized_eigh(KP, singular)
+    with pytest.raises(ValueError, match="same shape"):
+        optimal.frontier_theta(KP, KH[:3, :3], 2.0)

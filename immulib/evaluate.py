@@ -1,0 +1,298 @@
+"""Score a linear extractor from the attacker's side: (i), (ii), RIR, the D_P optimum kept, and
+the number of steps an attacker needs to fit the probe on the immunized features.
+
+Condition numbers are a proxy. What immunization promises is that fitting the harmful probe on
+the features F = X_Hθ takes the attacker *longer* than on the raw inputs, while fitting the
+pre-training probe on X_Pθ does not (Definition 3.1). :func:`score` measures both directly, on
+the training rows and on held-out rows; :func:`score_table` scores several extractors at once
+and adds the identity row and the ratios against it.
+
+The attacker (one per task and split)
+-------------------------------------
+On a split with inputs X and targets y, the attacker minimises the ℓ2 probe loss
+L(w) = ½‖Xθw − y‖² (Eq. (8)) over w, starting from **w_0 = 0**, and we count the steps t until
+the relative suboptimality
+
+    s_t = (L(w_t) − L*) / (L(w_0) − L*)  ≤  ``target``,
+
+L* = min_w L(w). Starting from 0 makes L(w_0) = ½‖y‖² the same for every θ, and for an
+invertible θ L* is the same too, so every extractor is scored against the same absolute loss.
+Two attackers:
+
+* ``exact``: gradient descent with exact line search (the paper's Fig. 1 attacker, Eq. (16));
+* ``fixed``: gradient descent with a fixed step η = c/λ_max(FᵀF), the attacker tuning c over
+  ``fixed_grid`` (default :data:`FIXED_GRID`, c < 2 so every step converges) and keeping the fastest.
+
+A count of ``max_steps + 1`` means "not reached within ``max_steps``" (a lower bound on the
+true count, not a measurement). On "held-out" rows the attacker fits its probe on those rows
+(data the defender never saw): the question is whether the immunization carries over to fresh
+data from the same task.
+
+How it is fast
+--------------
+With the thin SVD F = UΣVᵀ and u_t = Σ Vᵀ(w_t − w*) the residual of the fit in the singular
+basis, L(w_t) − L* = ½‖u_t‖², u_0 = −Uᵀy, and a gradient step with step η multiplies u_j by
+(1 − ησ_j²). One SVD per split and task, then each exact-line-search step is a few length-d
+vector operations; for a fixed step s_t is a sum of decaying exponentials in closed form, found
+by bisection. Singular values below numpy's rank rule (σ_max·max(N, d)·eps) count as zero: those
+directions carry no signal the probe can fit (the pseudo-inverse convention of Eq. (1)).
+
+Used in the chapters "The best a linear immunizer can do" (``book/08_optimal_immunizer.md``) and
+every chapter that scores a method (05, 06, 09, 10).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ._validate import as_float64, choice, integer, nonneg, number
+from .linalg import CONVENTIONS
+from .metrics import rir
+
+__all__ = [
+    "FIXED_GRID",
+    "STEP_COLUMNS",
+    "attack_steps",
+    "score",
+    "score_table",
+]
+
+#: The fixed-step attacker's grid: η = c/λ_max(FᵀF) for c in this tuple.
+FIXED_GRID: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 1.9)
+
+#: The step-count columns of :func:`score`, in order.
+STEP_COLUMNS: tuple[str, ...] = tuple(
+    f"steps_{task}_{split}_{attacker}"
+    for split in ("train", "test") for task in ("H", "P") for attacker in ("exact", "fixed")
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# the attacker in the singular basis
+
+
+def _spectrum(F: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray, float]:
+    """(σ² on the numerical range, u_0 = Uᵀy there, L* = ½‖y − UUᵀy‖²) of the probe on F."""
+    U, sigma, _ = torch.linalg.svd(F, full_matrices=False)
+    keep = sigma > sigma.max() * max(F.shape) * float(np.finfo(np.float64).eps)
+    U, sigma = U[:, keep], sigma[keep]
+    u0 = U.T @ y
+    resid = y - U @ u0
+    return ((sigma**2).cpu().numpy(), u0.cpu().numpy(), 0.5 * float(resid @ resid))
+
+
+def _steps_exact(lam: np.ndarray, u: np.ndarray, target: float, max_steps: int) -> int:
+    """Steps of exact-line-search descent until Σu²/Σu_0² ≤ target (max_steps + 1 if never)."""
+    u = u.copy()
+    s0 = float(u @ u)
+    if s0 == 0.0 or target >= 1.0:
+        return 0
+    goal = target * s0
+    lam2 = lam * lam
+    for t in range(1, max_steps + 1):
+        u2 = u * u
+        num, den = float(lam @ u2), float(lam2 @ u2)  # η = gᵀg/gᵀAg with g_j = σ_j u_j
+        if den <= 0.0:
+            return max_steps + 1
+        u *= 1.0 - (num / den) * lam
+        if float(u @ u) <= goal:
+            return t
+    return max_steps + 1
+
+
+def _steps_fixed(lam: np.ndarray, u: np.ndarray, target: float, max_steps: int,
+                 grid: tuple[float, ...]) -> int:
+    """Fewest steps over η = c/λ_max (c in grid) of fixed-step descent; closed form + bisection."""
+    w = u * u
+    s0 = float(w.sum())
+    if s0 == 0.0 or target >= 1.0:
+        return 0
+    best = max_steps + 1
+    for c in grid:
+        log_r = 2.0 * np.log(np.abs(1.0 - (c / lam.max()) * lam) + 1e-300)  # ratio² per step, < 1
+
+        def s(t: int, log_r=log_r) -> float:
+            return float(w @ np.exp(t * log_r)) / s0
+
+        if s(max_steps) > target:  # s_t decreases in t, so never reached
+            continue
+        lo, hi = 0, max_steps  # s(lo) > target >= s(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if s(mid) <= target else (mid, hi)
+        best = min(best, hi)
+    return best
+
+
+def attack_steps(F, y, *, target: float = 1e-3, max_steps: int = 3000,
+                 fixed_grid: Iterable[float] = FIXED_GRID) -> dict[str, int]:
+    """Steps the two attackers of the module docstring need on the ℓ2 probe over features ``F``.
+
+    Returns ``{"exact": t, "fixed": t}``, each the first t with relative suboptimality ≤
+    ``target``, or ``max_steps + 1`` if it is not reached within ``max_steps`` steps.
+    """
+    F = as_float64(F, "F", ndim=2).detach()
+    y = as_float64(y, "y", ndim=1).detach().to(F.device)
+    if len(y) != len(F):
+        raise ValueError(f"y must have {len(F)} entries (one per row of F), got {len(y)}")
+    target = _target(target)
+    max_steps = integer(max_steps, "max_steps", minimum=1)
+    grid = _grid(fixed_grid)
+    lam, u, _ = _spectrum(F, y)
+    return {"exact": _steps_exact(lam, u, target, max_steps),
+            "fixed": _steps_fixed(lam, u, target, max_steps, grid)}
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+
+
+def _target(target) -> float:
+    return number(target, "target", minimum=0.0, strict=True, maximum=1.0)
+
+
+def _grid(grid) -> tuple[float, ...]:
+    if isinstance(grid, (str, bytes)) or not isinstance(grid, Iterable):
+        raise TypeError(f"fixed_grid must be an iterable of numbers, got {type(grid).__name__}")
+    grid = tuple(number(c, "fixed_grid entry", minimum=0.0, strict=True) for c in grid)
+    if not grid:
+        raise ValueError("fixed_grid must contain at least one step factor c")
+    if max(grid) >= 2.0:
+        raise ValueError(f"fixed_grid entries must be < 2 (η = c/λ_max diverges at c >= 2), got {max(grid)}")
+    return grid
+
+
+def _task(X, y, nX: str, ny: str, D: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    X = as_float64(X, nX, ndim=2).detach()
+    y = as_float64(y, ny, ndim=1).detach()
+    if len(y) != len(X):
+        raise ValueError(f"{ny} must have {len(X)} entries (one per row of {nX}), got {len(y)}")
+    if D is not None and X.shape[1] != D:
+        raise ValueError(f"{nX} must have {D} columns (the input dimension of XP), got {X.shape[1]}")
+    return X, y.to(X.device)
+
+
+def _theta(theta, name: str, D: int, device) -> torch.Tensor:
+    t = as_float64(theta, name, ndim=2).detach().to(device)
+    if t.shape[0] != D:
+        raise ValueError(f"{name} must have {D} rows (the input dimension), got shape {tuple(t.shape)}")
+    return t
+
+
+def _test_split(XP_test, yP_test, XH_test, yH_test):
+    given = [a is not None for a in (XP_test, yP_test, XH_test, yH_test)]
+    if any(given) and not all(given):
+        raise ValueError("pass all four of XP_test, yP_test, XH_test, yH_test, or none of them")
+    return all(given)
+
+
+# ---------------------------------------------------------------------------------------------
+# one row, a table
+
+
+def _best_loss(F: torch.Tensor, y: torch.Tensor) -> float:
+    return _spectrum(F, y)[2]
+
+
+def score(theta, XP, yP, XH, yH, *, XP_test=None, yP_test=None, XH_test=None, yH_test=None,
+          theta_ref=None, target: float = 1e-3, max_steps: int = 3000,
+          fixed_grid: Iterable[float] = FIXED_GRID, convention: str = "pinv",
+          tol: float = 1e-6) -> dict[str, float | int | bool]:
+    """One table row: how an extractor θ looks to the attacker and to the legitimate user.
+
+    Parameters
+    ----------
+    theta
+        The extractor, D_in × D_hid (torch tensor or numpy array; float64 internally).
+    XP, yP, XH, yH
+        Training rows of D_P and D_H (the rows the defender used).
+    XP_test, yP_test, XH_test, yH_test
+        Held-out rows (all four or none). Without them the ``*_test`` columns are NaN and
+        ``slower_than_identity`` falls back to the training rows.
+    theta_ref
+        The reference θ0 of (i), (ii), RIR (Eq. (17)), ``loss_P_kept`` and ``theta_dist``;
+        ``None`` is the identity (Eq. (15)).
+    target, max_steps, fixed_grid
+        The attackers' target relative suboptimality, step budget and fixed-step grid
+        (module docstring; a step count of ``max_steps + 1`` means "not reached").
+    convention
+        κ convention of (i), (ii), RIR (:func:`immulib.linalg.condition_number`).
+    tol
+        Relative tolerance of the flags: (ii) ≤ 1 + tol and loss_P_kept ≤ 1 + tol.
+
+    Returns
+    -------
+    dict
+        ``i``, ``ii``, ``rir`` (:func:`immulib.metrics.rir` against ``theta_ref``), ``kappa_P``,
+        ``kappa_H`` (κ(θᵀK_Pθ), κ(θᵀK_Hθ) on the training rows), ``loss_P_kept`` (min_ω of the
+        D_P least-squares loss on X_Pθ over that on X_Pθ_ref, training rows; 1 = the D_P optimum
+        is kept, Definition 3.1 (c)), ``theta_dist`` (‖θ − θ_ref‖_F), the eight
+        :data:`STEP_COLUMNS` ``steps_{H,P}_{train,test}_{exact,fixed}``, and two flags:
+        ``def31`` (Definition 3.1 holds: i > 1, ii ≤ 1 + tol, loss_P_kept ≤ 1 + tol) and
+        ``slower_than_identity`` (the exact-line-search D_H attacker needs more steps on the
+        held-out rows than on the identity's features, X_H_test itself).
+    """
+    XP, yP = _task(XP, yP, "XP", "yP", None)
+    D, dev = XP.shape[1], XP.device
+    XH, yH = _task(XH, yH, "XH", "yH", D)
+    theta = _theta(theta, "theta", D, dev)
+    ref = torch.eye(D, dtype=torch.float64, device=dev) if theta_ref is None else _theta(theta_ref, "theta_ref", D, dev)
+    has_test = _test_split(XP_test, yP_test, XH_test, yH_test)
+    target, max_steps, grid = _target(target), integer(max_steps, "max_steps", minimum=1), _grid(fixed_grid)
+    choice(convention, "convention", CONVENTIONS)
+    tol = nonneg(tol, "tol")
+
+    r = rir(XP, XH, theta, theta0=None if theta_ref is None else ref, convention=convention)
+    loss, loss_ref = _best_loss(XP @ theta, yP), _best_loss(XP @ ref, yP)
+    floor = 1e-12 * 0.5 * float(yP @ yP)  # "zero loss": both fit D_P exactly
+    kept = 1.0 if loss <= floor and loss_ref <= floor else (loss / loss_ref if loss_ref > floor else math.inf)
+    dist = float(torch.linalg.norm(theta - ref)) if theta.shape == ref.shape else math.nan
+    row: dict[str, float | int | bool] = {"i": r.i, "ii": r.ii, "rir": r.rir, "kappa_P": r.kappa_P,
+                                          "kappa_H": r.kappa_H, "loss_P_kept": kept, "theta_dist": dist}
+    splits = {"train": (XP, yP, XH, yH)}
+    if has_test:
+        splits["test"] = (*_task(XP_test, yP_test, "XP_test", "yP_test", D),
+                          *_task(XH_test, yH_test, "XH_test", "yH_test", D))
+    for split in ("train", "test"):
+        for task in ("H", "P"):
+            if split not in splits:
+                row[f"steps_{task}_{split}_exact"] = row[f"steps_{task}_{split}_fixed"] = math.nan
+                continue
+            Xp, yp, Xh, yh = splits[split]
+            X, y = (Xh, yh) if task == "H" else (Xp, yp)
+            lam, u, _ = _spectrum(X @ theta, y)
+            row[f"steps_{task}_{split}_exact"] = _steps_exact(lam, u, target, max_steps)
+            row[f"steps_{task}_{split}_fixed"] = _steps_fixed(lam, u, target, max_steps, grid)
+    flag_split = "test" if has_test else "train"
+    Xh, yh = splits[flag_split][2:]
+    lam, u, _ = _spectrum(Xh, yh)
+    row["def31"] = bool(r.i > 1 and r.ii <= 1 + tol and kept <= 1 + tol)
+    row["slower_than_identity"] = bool(row[f"steps_H_{flag_split}_exact"] > _steps_exact(lam, u, target, max_steps))
+    return row
+
+
+def score_table(thetas: Mapping[str, object], XP, yP, XH, yH, **kwargs) -> pd.DataFrame:
+    """Score every extractor of ``thetas`` (name → θ) with :func:`score`; one row per name.
+
+    Adds an ``"identity"`` row first (unless ``thetas`` has one) and, for every step column
+    ``c``, the ratio column ``c + "_vs_identity"`` (steps over the identity's steps; > 1: the
+    attacker is slower than on the raw inputs). ``kwargs`` are :func:`score`'s keywords.
+    """
+    if not isinstance(thetas, Mapping) or not thetas:
+        raise TypeError("thetas must be a non-empty mapping from a method name to its extractor θ")
+    for name in thetas:
+        if not isinstance(name, str):
+            raise TypeError(f"thetas must be keyed by method names (str), got {name!r}")
+    D = as_float64(XP, "XP", ndim=2).shape[1]
+    named = dict(thetas) if "identity" in thetas else {"identity": np.eye(D), **thetas}
+    table = pd.DataFrame.from_dict(
+        {name: score(theta, XP, yP, XH, yH, **kwargs) for name, theta in named.items()}, orient="index")
+    table.index.name = "method"
+    for c in STEP_COLUMNS:
+        table[c + "_vs_identity"] = table[c] / table.loc["identity", c]
+    return table

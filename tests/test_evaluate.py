@@ -1,0 +1,194 @@
+"""immulib.evaluate: the attacker's step counts match a direct implementation, grow with κ, and the
+table's identity row, ratio columns and flags compute as documented."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from immulib import evaluate, linalg, metrics, optimal
+
+
+def _data(rng, n, d, log_spread):
+    X = rng.standard_normal((n, d)) @ np.diag(np.exp(rng.uniform(-log_spread, log_spread, d)))
+    y = X @ rng.standard_normal(d) + 0.1 * rng.standard_normal(n)
+    return X, y
+
+
+def _direct(F, y, target, max_steps, eta=None):
+    """Gradient descent on ½‖Fw − y‖² from w = 0 in the original coordinates, counted directly."""
+    A, b = F.T @ F, F.T @ y
+    w_star = np.linalg.lstsq(F, y, rcond=None)[0]
+    L = lambda w: 0.5 * np.sum((F @ w - y) ** 2)
+    L_star, w = L(w_star), np.zeros(F.shape[1])
+    L0 = L(w)
+    for t in range(1, max_steps + 1):
+        g = A @ w - b
+        w = w - (eta if eta is not None else (g @ g) / (g @ A @ g)) * g
+        if (L(w) - L_star) / (L0 - L_star) <= target:
+            return t
+    return max_steps + 1
+
+
+def test_exact_line_search_count_matches_a_direct_implementation():
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(40):
+        n, d = int(rng.integers(20, 60)), int(rng.integers(2, 10))
+        X, y = _data(rng, n, d, rng.uniform(0.2, 2.0))
+        target = 10 ** rng.uniform(-6, -1)
+        got = evaluate.attack_steps(X, y, target=target, max_steps=400)["exact"]
+        want = _direct(X, y, target, 400)
+        # rounding can move a suboptimality that lands on the target by one step
+        assert abs(got - want) <= 1, (got, want)
+        checked += got == want
+    assert checked >= 38
+
+
+def test_fixed_step_count_matches_a_direct_implementation_of_the_tuned_grid():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        X, y = _data(rng, 50, 6, 1.0)
+        lam_max = np.linalg.eigvalsh(X.T @ X).max()
+        want = min(_direct(X, y, 1e-4, 2000, eta=c / lam_max) for c in evaluate.FIXED_GRID)
+        got = evaluate.attack_steps(X, y, target=1e-4, max_steps=2000)["fixed"]
+        assert abs(got - want) <= 1, (got, want)
+
+
+def test_steps_grow_with_the_condition_number():
+    rng = np.random.default_rng(2)
+    U, _ = np.linalg.qr(rng.standard_normal((300, 8)))
+    V, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+    y = U @ np.ones(8) + 0.1 * rng.standard_normal(300)
+    counts = []
+    for kappa in (1e1, 1e2, 1e3, 1e4):
+        X = U @ np.diag(np.geomspace(1, kappa**-0.5, 8)) @ V.T
+        counts.append(evaluate.attack_steps(X, y, target=1e-4, max_steps=10**6))
+    for key in ("exact", "fixed"):
+        steps = [c[key] for c in counts]
+        assert all(a < b for a, b in itertools.pairwise(steps)), (key, steps)
+        assert steps[-1] > 100 * steps[0]
+
+
+def test_unreached_target_returns_max_steps_plus_one_and_whitening_needs_one_step():
+    rng = np.random.default_rng(3)
+    X, y = _data(rng, 100, 6, 4.0)
+    assert evaluate.attack_steps(X, y, target=1e-10, max_steps=5) == {"exact": 6, "fixed": 6}
+    white = X @ optimal.optimal_theta(linalg.gram(X)).numpy()
+    assert evaluate.attack_steps(white, y, target=1e-12, max_steps=5) == {"exact": 1, "fixed": 1}
+
+
+def _split_problem(seed=4, d=6):
+    rng = np.random.default_rng(seed)
+    XP, yP = _data(rng, 80, d, 1.0)
+    XH, yH = _data(rng, 80, d, 1.0)
+    XPt, yPt = _data(rng, 60, d, 1.0)
+    XHt, yHt = _data(rng, 60, d, 1.0)
+    return (XP, yP, XH, yH), {"XP_test": XPt, "yP_test": yPt, "XH_test": XHt, "yH_test": yHt}
+
+
+def test_identity_row_is_one_and_the_table_has_the_ratio_columns():
+    train, test = _split_problem()
+    theta = optimal.optimal_theta(linalg.gram(train[0]))
+    table = evaluate.score_table({"whitening": theta}, *train, **test)
+    assert list(table.index) == ["identity", "whitening"]
+    ident = table.loc["identity"]
+    assert ident.i == pytest.approx(1) and ident.ii == pytest.approx(1) and ident.rir == pytest.approx(1)
+    assert ident.loss_P_kept == pytest.approx(1) and ident.theta_dist == 0
+    assert not ident.def31 and not ident.slower_than_identity
+    for c in evaluate.STEP_COLUMNS:
+        assert ident[c + "_vs_identity"] == 1
+        assert table.loc["whitening", c + "_vs_identity"] == table.loc["whitening", c] / ident[c]
+    w = table.loc["whitening"]
+    assert w.steps_P_train_exact == 1 and w.loss_P_kept == pytest.approx(1, rel=1e-9)
+    assert w.rir == pytest.approx(optimal.rir_ceiling(linalg.gram(train[0]), linalg.gram(train[2])), rel=1e-8)
+
+
+def test_score_agrees_with_metrics_rir_and_attack_steps():
+    train, test = _split_problem(5)
+    XP, _, XH, yH = train
+    theta = np.random.default_rng(0).standard_normal((6, 6))
+    ref = np.random.default_rng(1).standard_normal((6, 6))
+    row = evaluate.score(theta, *train, **test, theta_ref=ref, target=1e-3, max_steps=500)
+    r = metrics.rir(XP, XH, theta, theta0=ref)
+    assert (row["i"], row["ii"], row["rir"], row["kappa_P"], row["kappa_H"]) == (r.i, r.ii, r.rir, r.kappa_P, r.kappa_H)
+    assert row["theta_dist"] == pytest.approx(np.linalg.norm(theta - ref))
+    for split, (X, y) in {"train_H": (XH, yH), "test_P": (test["XP_test"], test["yP_test"])}.items():
+        task_split = split.split("_")
+        want = evaluate.attack_steps(X @ theta, y, target=1e-3, max_steps=500)
+        assert row[f"steps_{task_split[1]}_{task_split[0]}_exact"] == want["exact"]
+        assert row[f"steps_{task_split[1]}_{task_split[0]}_fixed"] == want["fixed"]
+    assert row["loss_P_kept"] == pytest.approx(1, rel=1e-8)  # both invertible
+
+
+def test_flags_compute_as_stated():
+    train, test = _split_problem(6)
+    KP = linalg.gram(train[0])
+    # whitening D_P: (ii) = 1/κ(K_P) ≤ 1, D_P optimum kept; def31 iff (i) > 1
+    row = evaluate.score(optimal.optimal_theta(KP), *train, **test)
+    assert row["def31"] == (row["i"] > 1)
+    base = evaluate.score(np.eye(6), *train, **test)
+    assert row["slower_than_identity"] == (row["steps_H_test_exact"] > base["steps_H_test_exact"])
+    # dropping a direction loses the D_P optimum: loss_P_kept > 1, so Definition 3.1 fails
+    proj = np.eye(6)
+    proj[0, 0] = 0.0
+    lossy = evaluate.score(proj, *train, **test)
+    assert lossy["loss_P_kept"] > 1.01 and not lossy["def31"]
+    # scaling one input column by a large factor makes both tasks worse conditioned: (ii) > 1
+    big = np.diag([1e3, 1, 1, 1, 1, 1.0])
+    scaled = evaluate.score(big, *train, **test)
+    assert scaled["ii"] > 1 and not scaled["def31"] and scaled["slower_than_identity"]
+    # the flag uses the training rows when no held-out rows are given, whose columns are NaN
+    no_test = evaluate.score(big, *train)
+    assert math.isnan(no_test["steps_H_test_exact"]) and no_test["slower_than_identity"]
+    # the frontier member with (ii) = 1 keeps the D_P optimum: Definition 3.1 holds iff (i) > 1
+    KH = linalg.gram(train[2])
+    good = evaluate.score(optimal.frontier_theta(KP, KH, linalg.condition_number(KP)), *train, **test)
+    assert good["ii"] == pytest.approx(1, rel=1e-8) and good["loss_P_kept"] == pytest.approx(1, rel=1e-8)
+    assert good["def31"] == (good["i"] > 1)
+
+
+def test_works_on_torch_float32_input_and_non_square_theta():
+    train, _ = _split_problem(7)
+    t32 = [torch.as_tensor(a, dtype=torch.float32) for a in train]
+    theta = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    row = evaluate.score(theta, *t32)
+    assert math.isnan(row["theta_dist"]) and row["steps_H_train_exact"] >= 1
+
+
+def test_bad_input_errors():
+    train, test = _split_problem(8)
+    XP, yP, XH, yH = train
+    th = np.eye(6)
+    with pytest.raises(ValueError, match="yP must have 80"):
+        evaluate.score(th, XP, yP[:-1], XH, yH)
+    with pytest.raises(ValueError, match="XH must have 6 columns"):
+        evaluate.score(th, XP, yP, XH[:, :5], yH)
+    with pytest.raises(ValueError, match="theta must have 6 rows"):
+        evaluate.score(np.eye(5), *train)
+    with pytest.raises(ValueError, match="theta_ref must have 6 rows"):
+        evaluate.score(th, *train, theta_ref=np.eye(5))
+    with pytest.raises(ValueError, match="all four"):
+        evaluate.score(th, *train, XP_test=test["XP_test"])
+    with pytest.raises(ValueError, match="target"):
+        evaluate.score(th, *train, target=0.0)
+    with pytest.raises(ValueError, match="target"):
+        evaluate.score(th, *train, target=1.5)
+    with pytest.raises(TypeError, match="max_steps"):
+        evaluate.score(th, *train, max_steps=10.0)
+    with pytest.raises(ValueError, match="convention"):
+        evaluate.score(th, *train, convention="ridge")
+    with pytest.raises(ValueError, match="fixed_grid"):
+        evaluate.attack_steps(XP, yP, fixed_grid=[0.5, 2.0])
+    with pytest.raises(ValueError, match="fixed_grid"):
+        evaluate.attack_steps(XP, yP, fixed_grid=[])
+    with pytest.raises(TypeError, match="fixed_grid"):
+        evaluate.attack_steps(XP, yP, fixed_grid="1")
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate.score(th * np.nan, *train)
+    with pytest.raises(TypeError, match="mapping"):
+        evaluate.score_table([th], *train)
+    with pytest.raises(TypeError, match="method names"):
+        evaluate.score_table({1: th}, *train)
