@@ -1,18 +1,15 @@
-"""Benchmark: Algorithm 1's closed-form preconditioned step against autograd through eigh.
+"""Benchmark: the cost of one step of the linear engine, in eigh-equivalents.
 
-Both compute the same θ-direction of Algorithm 1 on House Prices (well-posed setup, θ near I):
+Each method of :mod:`immulib.linear` decomposes θᵀK_Pθ and θᵀK_Hθ once per step and reuses the
+decompositions for every term, bound and recorded κ, so a step should cost about two to three
+``torch.linalg.eigh`` of a D × D matrix. This benchmark measures, in one process, the median time
+of a step of each full-batch method (``immulib.linear.run``, record_every = the whole run) and of
+one ``eigh`` at the same D, on random problems of sizes D = 64, 256 (and 1024 without
+``--quick``) and on House Prices (well-posed setup, D = 71) when the data is there, and prints
+the ratios. The last line is the headline: the largest ratio of a step of Ours (adaptive) over
+one ``eigh``. ``--quick`` finishes in under a minute on 2 CPU cores.
 
-* closed form (immulib): ∇_θL + 2θ(λ_P G_well + λ_H G_ill), G from one eigendecomposition each,
-  K⁻¹ never formed (:func:`immulib.immunize.algorithm1_direction`);
-* baseline: R_well and R_ill written with ``torch.linalg.eigvalsh``, differentiated by autograd,
-  then preconditioned with ``torch.linalg.solve(K, ·)``.
-
-Prints the median time per direction of each (several repeats, same process), their agreement,
-and on the last line the headline: the speed-up ratio baseline / closed form. ``--quick`` runs
-fewer repeats (< 1 min on 2 CPU cores). Also reports Algorithm 1's full run (RIR, seconds).
-Needs the House Prices data (``IMMULIB_DATA`` or the cache); falls back to random data.
-
-    python benchmarks/house_prices.py [--quick]
+    python -m benchmarks.house_prices [--quick]
 """
 
 from __future__ import annotations
@@ -20,90 +17,69 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import warnings
 
 import numpy as np
 import torch
 
-from immulib import immunize as im
-from immulib import linalg, metrics
+from immulib import linear
 
 
-def load():
-    from immulib import data
+def _problem(D: int, seed: int = 0) -> linear.Problem:
+    rng = np.random.default_rng(seed)
+    n = 2 * D
+    XP = rng.standard_normal((n, D)) @ np.diag(np.linspace(1, 4, D))
+    Q, _ = np.linalg.qr(rng.standard_normal((D, D)))
+    XH = rng.standard_normal((n, D)) @ np.diag(np.linspace(1, 8, D)) @ Q
+    return linear.Problem.from_data(XP, XP @ rng.standard_normal(D), XH, XH @ rng.standard_normal(D))
 
+
+def _house_prices():
     try:
+        from immulib import data
+
         hp = data.load_house_prices(setup="well_posed", download=False)
-        return hp.XP, hp.yP, hp.XH, "House Prices (well-posed setup)"
-    except (FileNotFoundError, OSError):
-        rng = np.random.default_rng(0)
-        XP, XH = rng.standard_normal((200, 71)), rng.standard_normal((200, 71)) @ np.diag(np.linspace(1, 20, 71))
-        return XP, rng.standard_normal(200), XH, "random data (House Prices not found)"
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+    return linear.Problem.from_data(hp.XP, hp.yP, hp.XH, hp.yH)
 
 
-def autograd_direction(XP, yP, XH, theta, omega, lam_P, lam_H):
-    """The same direction, by autograd through eigvalsh and an explicit K⁻¹ solve."""
-    KP, KH = XP.T @ XP, XH.T @ XH
-    th = theta.clone().requires_grad_(True)
-
-    def r_well(H):
-        lam = torch.linalg.eigvalsh(H)
-        return lam[-1] ** 2 / 2 - (H * H).sum() / (2 * H.shape[0])
-
-    def r_ill(H):
-        lam = torch.linalg.eigvalsh(H)
-        k = H.shape[0]
-        return 1 / ((H * H).sum() / (2 * k) - lam[0] ** 2 / 2)
-
-    sup = ((XP @ th @ omega - yP) ** 2).mean()
-    (g_sup,) = torch.autograd.grad(sup, th)
-    (g_well,) = torch.autograd.grad(r_well(th.T @ KP @ th), th)
-    (g_ill,) = torch.autograd.grad(r_ill(th.T @ KH @ th), th)
-    return g_sup + lam_P * torch.linalg.solve(KP, g_well) + lam_H * torch.linalg.solve(KH, g_ill)
-
-
-def median_time(fn, repeats, inner):
-    times = []
+def _median(fn, repeats: int) -> float:
+    out = []
     for _ in range(repeats):
         t = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - t) / inner)
-    return statistics.median(times)
+        fn()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats (< 1 min on 2 CPU cores)")
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (< 1 min)")
     args = parser.parse_args(argv)
-    repeats, inner = (5, 10) if args.quick else (15, 20)
     torch.set_num_threads(1)
-    warnings.simplefilter("ignore")
-    XP, yP, XH, name = load()
-    XP, yP, XH = (torch.as_tensor(a, dtype=torch.float64) for a in (XP, yP, XH))
-    d = XP.shape[1]
-    gen = torch.Generator().manual_seed(0)
-    theta = torch.eye(d, dtype=torch.float64) + 0.01 * torch.randn(d, d, generator=gen, dtype=torch.float64)
-    omega = torch.randn(d, generator=gen, dtype=torch.float64) / d**0.5
-    lam_P, lam_H = 1e-4, 1e3
-    print(f"data: {name}, D = {d}; {repeats} repeats × {inner} directions each, 1 torch thread")
-
-    closed = im.algorithm1_direction(XP, yP, XH, theta, omega, lam_P, lam_H, k_H=d)
-    auto = autograd_direction(XP, yP, XH, theta, omega, lam_P, lam_H)
-    print(f"agreement: max |closed − autograd| / max |autograd| = "
-          f"{float((closed - auto).abs().max() / auto.abs().max()):.1e}")
-
-    t_closed = median_time(lambda: im.algorithm1_direction(XP, yP, XH, theta, omega, lam_P, lam_H, k_H=d),
-                           repeats, inner)
-    t_auto = median_time(lambda: autograd_direction(XP, yP, XH, theta, omega, lam_P, lam_H), repeats, inner)
-    print(f"closed form (immulib):          median {t_closed * 1e3:.2f} ms per direction")
-    print(f"autograd through eigh + solve:  median {t_auto * 1e3:.2f} ms per direction")
-
-    runs = [im.immunize(XP, yP, XH, progress=False, record_every=10**6, seed=s) for s in range(2 if args.quick else 5)]
-    rirs = [metrics.rir(XP, XH, r.theta).rir for r in runs]
-    print(f"Algorithm 1 (immunize, defaults): RIR {np.mean(rirs):.1f}, median "
-          f"{statistics.median(r.seconds for r in runs):.2f} s per seed; κ(K_P) = {linalg.condition_number(XP.T @ XP):.3g}")
-    print(f"speed-up of the closed-form direction over autograd-through-eigh: {t_auto / t_closed:.2f}x")
+    sizes = (64, 256) if args.quick else (64, 256, 1024)
+    steps, repeats = (5, 3) if args.quick else (10, 5)
+    problems = [(f"random D = {D}", _problem(D)) for D in sizes]
+    hp = _house_prices()
+    if hp is not None:
+        problems.insert(0, ("House Prices (well-posed), D = 71", hp))
+    methods = [("ours", {}), ("ours", {"policy": "paper"}), ("constrained", {}), ("opt_kappa", {})]
+    headline = 0.0
+    print(f"median of {repeats} runs of {steps} steps, 1 torch thread; ratio = one step / one eigh")
+    for name, prob in problems:
+        H = prob.KP[0] / prob.KP[0].abs().max()
+        t_eigh = _median(lambda: torch.linalg.eigh(H), repeats * 3)
+        cells = []
+        for method, kw in methods:
+            t = _median(lambda: linear.run(prob, method, steps=steps, record_every=10**9,
+                                           progress=False, **kw), repeats) / (steps + 1)
+            ratio = t / t_eigh
+            label = method + ("" if not kw else f" ({kw['policy']})")
+            cells.append(f"{label} {ratio:.2f}")
+            if method == "ours" and not kw:
+                headline = max(headline, ratio)
+        print(f"{name:>36}: eigh {t_eigh * 1e3:7.2f} ms; " + ", ".join(cells))
+    print(f"a step of Ours (adaptive) costs at most {headline:.2f} eigh-equivalents")
 
 
 if __name__ == "__main__":

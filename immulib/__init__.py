@@ -20,3 +20,15 @@ Nothing is downloaded or computed at import time.
 """
 
 __version__ = "0.1.0"
+
+_TOP_LEVEL = {"immunize": ("linear", "immunize"), "rir": ("metrics", "rir"),
+              "condition_number": ("linalg", "condition_number")}
+
+
+def __getattr__(name):  # PEP 562: the main names, imported on first use
+    if name in _TOP_LEVEL:
+        import importlib
+
+        module, attr = _TOP_LEVEL[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'immulib' has no attribute {name!r}")

@@ -60,6 +60,7 @@ __all__ = [
     "immunize",
     "precondition",
     "run",
+    "starts",
 ]
 
 METHODS: tuple[str, ...] = ("ours", "r_well_only", "r_ill_only", "constrained", "opt_kappa", "imma")
@@ -133,6 +134,15 @@ class Problem:
     def D(self) -> int:
         return self.KP.shape[-1]
 
+    def repeat(self, n: int) -> Problem:
+        """The same B problems repeated ``n`` times along the batch (e.g. one per seed)."""
+        n = integer(n, "n", 1)
+        rep = lambda t: None if t is None else t.repeat(n, *([1] * (t.ndim - 1)))  # noqa: E731
+        fields = {f: rep(getattr(self, f)) for f in self.__dataclass_fields__}
+        if self.Ks is self.KP:  # keep "the supervised rows are D_P" visible to run()
+            fields["Ks"] = fields["KP"]
+        return Problem(**fields)
+
     @classmethod
     def from_data(cls, XP, yP, XH, yH=None) -> Problem:
         """One problem (B = 1) from the rows of D_P (inputs and targets) and D_H."""
@@ -150,8 +160,8 @@ class Problem:
             if len(yH) != len(XH):
                 raise ValueError(f"yH must have {len(XH)} entries (one per row of XH), got {len(yH)}")
             bH, cH, NH = (XH.T @ yH)[None], one(yH @ yH), one(len(yH))
-        return cls(KP[None], KH[None], KP[None], (XP.T @ yP)[None], one(yP @ yP), one(len(yP)),
-                   bH, cH, NH)
+        KP = KP[None]
+        return cls(KP, KH[None], KP, (XP.T @ yP)[None], one(yP @ yP), one(len(yP)), bH, cH, NH)
 
 
 def _sym(A):
@@ -206,6 +216,14 @@ def _g_ill(lam, V, k):
     g = (lam**2).sum(-1) / (2 * k) - sk**2 / 2
     G = (sk[:, None, None] * _outer(V, j) - (V * lam[:, None, :]) @ V.mT / k[:, None, None])
     return _sym(G / (g**2)[:, None, None]), g, sk
+
+
+def _norm_g_ill(lam, k, g, sk):
+    """‖∇R_ill(H)‖₂ from the eigenvalues: max_i |σ_i/k − [i = k]σ_k| / g²."""
+    D = lam.shape[-1]
+    d = -lam / k[:, None]
+    d = d.scatter_add(-1, (D - k)[:, None], sk[:, None])
+    return d.abs().amax(-1) / g**2
 
 
 def _bound_well(lam, k):
@@ -431,7 +449,7 @@ def _policy_step(pol, theta, omega, g_theta, lamP, VP, lamH, VH, kP, kH, lP, lH,
             etaH = eta * lH
         else:  # its own bound (Theorem 4.3 (2)) and a trust region ‖2η_H G_ill‖₂ ≤ δ
             bound = g**2 / (2 * sk * (1 - 1 / kH))
-            gnorm = torch.linalg.matrix_norm(GH, ord=2)
+            gnorm = _norm_g_ill(lamH, kH, g, sk)
             etaH = lH * torch.minimum(rho * bound, delta / (2 * gnorm))
         M = M + 2 * torch.where(lH > 0, etaH, zero)[:, None, None] * GH
     # the supervised θ-step, capped by the inverse Lipschitz constant 2‖ω‖²σ_max(K_s)/N of ∇_θL
@@ -577,6 +595,21 @@ def _run_released(XP, yP, XH, theta, omega, *, eta, lam_P, lam_H, batch_size, ri
     return theta.detach(), omega.detach()
 
 
+def starts(D: int, seeds, init: str = "identity") -> tuple[torch.Tensor, torch.Tensor]:
+    """(θ_0 (B, D, D), ω_0 (B, D)) for the given seeds, drawn exactly as :func:`immunize` draws
+    them, so a batched :func:`run` over seeds equals one :func:`immunize` call per seed."""
+    choice(init, "init", ("identity", "linear_default"))
+    thetas, omegas = [], []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(integer(seed, "seed", 0))
+        if init == "identity":
+            thetas.append(torch.eye(D, dtype=torch.float64))
+        else:
+            thetas.append((torch.rand(D, D, generator=gen, dtype=torch.float64) * 2 - 1) / math.sqrt(D))
+        omegas.append(torch.randn(D, generator=gen, dtype=torch.float64) / (math.sqrt(D) if init == "identity" else 1.0))
+    return torch.stack(thetas), torch.stack(omegas)
+
+
 # ---------------------------------------------------------------------------------------------
 # the entry point
 
@@ -687,16 +720,13 @@ def immunize(
     XPt, XHt = as_float64(XP, "XP", ndim=2).detach(), as_float64(XH, "XH", ndim=2).detach()
     yPt = as_float64(yP, "yP", ndim=1).detach()
     D = prob.D
-    gen = torch.Generator().manual_seed(seed)
+    th0, om0 = starts(D, [seed], init)
+    theta, omega = th0[0], om0[0]
+    gen = torch.Generator().manual_seed(seed + 1)  # the mini-batch order of the released policy
     if theta_init is not None:
         theta = as_float64(theta_init, "theta_init", ndim=2).detach().clone()
         if theta.shape != (D, D):
             raise ValueError(f"theta_init must be {D} × {D}, got {tuple(theta.shape)}")
-    elif init == "identity":
-        theta = torch.eye(D, dtype=torch.float64)
-    else:
-        theta = (torch.rand(D, D, generator=gen, dtype=torch.float64) * 2 - 1) / math.sqrt(D)
-    omega = torch.randn(D, generator=gen, dtype=torch.float64) / (math.sqrt(D) if init == "identity" else 1.0)
     start = time.perf_counter()
     with threads(num_threads), warnings.catch_warnings():
         warnings.simplefilter("ignore", reg.NonUniqueSingularValueWarning)
