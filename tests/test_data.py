@@ -1,6 +1,7 @@
 """immulib.data: resolution order, checksums, errors, and the datasets' contents."""
 
 import gzip
+import hashlib
 import shutil
 
 import numpy as np
@@ -27,6 +28,8 @@ def _touch(folder, dataset, name, text="x"):
 
 def test_resolution_order_argument_then_env_then_cache(isolated_data, monkeypatch):
     tmp = isolated_data
+    fp = data.Fingerprint(1, hashlib.sha256(b"x").hexdigest())
+    monkeypatch.setitem(data.FINGERPRINTS, ("mnist", "f.gz"), fp)
     in_cache = _touch(tmp / "cache", "mnist", "f.gz")
     assert data.locate("mnist", "f.gz", download=False) == in_cache
     in_env = _touch(tmp / "env", "mnist", "f.gz")
@@ -70,9 +73,10 @@ def test_corrupt_download_is_rejected(isolated_data, monkeypatch):
     with gzip.open(mirror / "t10k-labels-idx1-ubyte.gz", "wb") as f:
         f.write(b"\x00\x00\x08\x01" + b"\x00" * 20)
     monkeypatch.setitem(data.MIRRORS, "mnist", (mirror.as_uri() + "/",))
-    with pytest.raises(FileNotFoundError, match="MD5"):
+    with pytest.raises(FileNotFoundError, match="rejected: it holds 24 bytes once decompressed"):
         data.locate("mnist", "t10k-labels-idx1-ubyte.gz")
     assert not (isolated_data / "cache" / "mnist" / "t10k-labels-idx1-ubyte.gz").exists()
+    assert list((isolated_data / "cache" / "mnist").iterdir()) == []  # no temporary file left
 
 
 @needs_data
@@ -84,7 +88,7 @@ def test_corrupt_local_file_is_an_error_not_a_wrong_number(isolated_data):
     raw = gzip.open(folder / "t10k-labels-idx1-ubyte.gz").read()
     with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as f:
         f.write(raw[:-1] + bytes([(raw[-1] + 1) % 10]))  # one label changed
-    with pytest.raises(ValueError, match="MD5"):
+    with pytest.raises(data.DamagedFileError, match="t10k-labels-idx1-ubyte.gz.*SHA-256"):
         data.load_mnist("test", data_dir=isolated_data / "local", download=False)
 
 
