@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .linalg import as_float64, check_symmetric
+from ._validate import as_float64
+from .linalg import check_symmetric
 
 __all__ = ["gd_errors", "rate_bound"]
 

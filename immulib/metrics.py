@@ -15,9 +15,13 @@ from dataclasses import dataclass
 import torch
 
 from .descent import gd_errors
-from .linalg import CONVENTIONS, as_float64, condition_number, gram
+from ._validate import as_float64, integer
+from .linalg import CONVENTIONS, condition_number, gram
 
-__all__ = ["RIR", "norm_ratio", "rir"]
+__all__ = ["RIR", "START_AT_OPTIMUM_RTOL", "norm_ratio", "rir"]
+
+#: ‖w_0 − w*‖ at most this times max(‖w_0‖, ‖w*‖) counts as starting at the optimum.
+START_AT_OPTIMUM_RTOL = 1e-12
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,10 @@ def norm_ratio(X, y, theta, *, steps: int, w0=None) -> torch.Tensor:
     ‖Xθw − y‖²; w* is the minimum-norm least-squares solution (pseudo-inverse) and w_0 = 0 by
     default, so w_0 − w* lies in the row space and the ratio tends to 0 even when Xθ is
     rank-deficient. Uses :func:`immulib.descent.gd_errors` with ``step_size="exact"``.
+
+    When the start is already optimal (‖w_0 − w*‖ <= 1e-12·max(‖w_0‖, ‖w*‖), or both are 0) the
+    ratio is 0/0; it is then defined as 0 for every t (there is no distance left to close),
+    never NaN.
     """
     X = as_float64(X, "X", ndim=2)
     y = as_float64(y, "y", ndim=1)
@@ -92,5 +100,10 @@ def norm_ratio(X, y, theta, *, steps: int, w0=None) -> torch.Tensor:
     w0 = torch.zeros_like(w_star) if w0 is None else as_float64(w0, "w0", ndim=1)
     if w0.shape != w_star.shape:
         raise ValueError(f"w0 must have {len(w_star)} entries, got {len(w0)}")
-    err = gd_errors(gram(F), w0 - w_star, steps, step_size="exact")
+    steps = integer(steps, "steps", minimum=0)
+    e0 = w0 - w_star
+    scale = max(float(w0.norm()), float(w_star.norm()))
+    if float(e0.norm()) <= START_AT_OPTIMUM_RTOL * scale:
+        return torch.zeros(steps + 1, dtype=torch.float64)
+    err = gd_errors(gram(F), e0, steps, step_size="exact")
     return err / err[0]
