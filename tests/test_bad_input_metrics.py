@@ -1,0 +1,38 @@
+"""immulib.metrics: a defined norm ratio when the attacker starts at the optimum."""
+
+import torch
+import pytest
+
+from immulib import metrics
+
+
+def _task(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(12, 4, dtype=torch.float64, generator=g)
+    y = torch.randn(12, dtype=torch.float64, generator=g)
+    return X, y, torch.randn(4, 3, dtype=torch.float64, generator=g)
+
+
+def test_norm_ratio_at_the_optimum_is_zeros_not_nan():
+    X, y, theta = _task()
+    w_star = torch.linalg.pinv(X @ theta) @ y
+    r = metrics.norm_ratio(X, y, theta, steps=5, w0=w_star)
+    assert r.shape == (6,) and torch.equal(r, torch.zeros(6, dtype=torch.float64))
+    # y = 0: w* = 0 = w0, the same answer
+    r0 = metrics.norm_ratio(X, torch.zeros(12, dtype=torch.float64), theta, steps=3)
+    assert torch.equal(r0, torch.zeros(4, dtype=torch.float64))
+
+
+def test_norm_ratio_near_but_not_at_the_optimum_is_a_real_ratio():
+    X, y, theta = _task(1)
+    w_star = torch.linalg.pinv(X @ theta) @ y
+    r = metrics.norm_ratio(X, y, theta, steps=5, w0=w_star + 1e-3)
+    assert r[0] == 1 and torch.isfinite(r).all() and r[-1] < 1
+
+
+def test_steps_are_checked():
+    X, y, theta = _task()
+    with pytest.raises(TypeError, match="steps must be an int"):
+        metrics.norm_ratio(X, y, theta, steps=2.5)
+    with pytest.raises(ValueError, match="steps must be >= 0"):
+        metrics.norm_ratio(X, y, theta, steps=-1)
