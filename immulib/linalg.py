@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ._validate import as_float64
+from ._validate import as_float64, choice, nonneg
 
 __all__ = [
     "CONVENTIONS",
@@ -127,11 +127,7 @@ def rank_tolerance(sigma: torch.Tensor, shape: tuple[int, int], rank_tol: float 
     """
     if rank_tol is None:
         return float(sigma.max()) * max(shape) * float(np.finfo(np.float64).eps)
-    if isinstance(rank_tol, bool) or not isinstance(rank_tol, (int, float)):
-        raise TypeError(f"rank_tol must be a float or None, got {type(rank_tol).__name__}")
-    if not np.isfinite(rank_tol) or rank_tol < 0:
-        raise ValueError(f"rank_tol must be a finite number >= 0, got {rank_tol}")
-    return float(rank_tol)
+    return nonneg(rank_tol, "rank_tol")
 
 
 def _scaled_svdvals(t: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -187,8 +183,7 @@ def condition_number(
     same for S scaled by 1e-200 or 1e200. The ``"shifted"`` convention is not scale-free by
     definition (its 10⁻⁶ is absolute).
     """
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    choice(convention, "convention", CONVENTIONS)
     t = _square(S, "S").detach()
     if not bool(t.abs().max() > 0):
         raise ValueError("S is all zeros: its condition number is undefined")

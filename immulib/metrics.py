@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .descent import gd_errors
-from ._validate import as_float64, integer
+from ._validate import as_float64, choice, integer
 from .linalg import CONVENTIONS, condition_number, gram
 
 __all__ = ["RIR", "START_AT_OPTIMUM_RTOL", "norm_ratio", "rir"]
@@ -63,8 +63,7 @@ def rir(XP, XH, theta, *, theta0=None, convention: str = "pinv") -> RIR:
     convention
         κ convention (:func:`immulib.linalg.condition_number`); it matters on rank-deficient data.
     """
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    choice(convention, "convention", CONVENTIONS)
     XP, XH = as_float64(XP, "XP", ndim=2), as_float64(XH, "XH", ndim=2)
     if XP.shape[1] != XH.shape[1]:
         raise ValueError(f"XP and XH must have the same number of columns, got {XP.shape[1]} and {XH.shape[1]}")

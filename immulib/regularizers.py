@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from ._validate import as_float64
+from ._validate import as_float64, integer, positive
 from .linalg import check_symmetric, numerical_rank, pow2_exponent, probe_hessian, scaled_by_pow2, unscale
 
 __all__ = [
@@ -73,8 +73,8 @@ def _check_k(k, n: int, S: torch.Tensor, lam: torch.Tensor | None = None) -> int
     """Validate ``k``; ``None`` means the numerical rank (from the eigenvalues ``lam`` if given)."""
     if k is None:
         k = numerical_rank(S.detach()) if lam is None else _rank_from_eigenvalues(lam, n)
-    elif isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int or None, got {type(k).__name__}")
+    else:
+        k = integer(k, "k")
     if not 2 <= k <= n:
         raise ValueError(
             f"k must satisfy 2 <= k <= {n} (R_ill needs at least two nonzero singular values), got {k}"
@@ -346,8 +346,7 @@ def preconditioned_step(theta, G, eta: float) -> torch.Tensor:
             f"G must be {theta.shape[1]} × {theta.shape[1]} to match theta, got {tuple(G.shape)}"
         )
     check_symmetric(G, "G")
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (0 < eta < math.inf):
-        raise ValueError(f"eta must be a finite number > 0, got {eta!r}")
+    eta = positive(eta, "eta")
     return theta - 2 * eta * theta @ G
 
 
