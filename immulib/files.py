@@ -36,7 +36,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import socket
 import sys
 import tempfile
 import urllib.error
@@ -265,10 +264,10 @@ def fetch(url: str, *, timeout: float | None = None, what: str = "") -> bytes:
             while chunk := resp.read(_CHUNK):
                 chunks.append(chunk)
             return b"".join(chunks)
-    except (socket.timeout, TimeoutError) as err:
+    except TimeoutError as err:
         raise TimeoutError(f"{url}: no answer within {timeout:g} s ({err})") from None
     except urllib.error.URLError as err:
-        if isinstance(err.reason, (socket.timeout, TimeoutError)):
+        if isinstance(err.reason, TimeoutError):
             raise TimeoutError(f"{url}: no answer within {timeout:g} s ({err.reason})") from None
         raise OSError(f"{url}: {err}") from None
     except OSError as err:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .descent import gd_errors
 from ._validate import as_float64, choice, integer
+from .descent import gd_errors
 from .linalg import CONVENTIONS, condition_number, gram
 
 __all__ = ["RIR", "START_AT_OPTIMUM_RTOL", "norm_ratio", "rir"]

@@ -26,9 +26,9 @@ from ._validate import as_float64, integer, positive
 from .linalg import check_symmetric, numerical_rank, pow2_exponent, probe_hessian, scaled_by_pow2, unscale
 
 __all__ = [
-    "NonUniqueSingularValueWarning",
     "PSD_RTOL",
     "UNIQUE_RTOL",
+    "NonUniqueSingularValueWarning",
     "g_ill",
     "g_well",
     "grad_theta_r_ill",

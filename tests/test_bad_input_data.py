@@ -14,10 +14,9 @@ import threading
 import time
 
 import pytest
+from helpers import PROJECT_DATA, needs_data
 
 from immulib import data, files, house_prices
-
-from helpers import PROJECT_DATA, needs_data
 
 TRAIN = "train.csv"
 

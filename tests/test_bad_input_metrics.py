@@ -1,7 +1,7 @@
 """immulib.metrics: a defined norm ratio when the attacker starts at the optimum."""
 
-import torch
 import pytest
+import torch
 
 from immulib import metrics
 

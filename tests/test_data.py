@@ -7,10 +7,9 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import PROJECT_DATA, needs_data
 
 from immulib import data
-
-from helpers import PROJECT_DATA, needs_data
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

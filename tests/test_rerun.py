@@ -106,7 +106,7 @@ def tiny_book(tmp_path):
 
 def _cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "immulib.rerun", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+                          capture_output=True, text=True, cwd=cwd, timeout=300, check=False)
 
 
 @pytest.mark.parametrize("target", ["01_tiny.md", "02_other.md", "03_nb.ipynb", "new.md"])
