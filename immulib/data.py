@@ -36,7 +36,17 @@ from .house_prices import (
     read_train_csv,
     well_posed_columns,
 )
-from .images import MIRRORS, SPLITS, ImageSet, digit_pair, load_digits_8x8, load_fashion_mnist, load_mnist
+from .images import (
+    MIRRORS,
+    MNIST_MEAN,
+    MNIST_STD,
+    SPLITS,
+    ImageSet,
+    digit_pair,
+    load_digits_8x8,
+    load_fashion_mnist,
+    load_mnist,
+)
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -47,6 +57,8 @@ __all__ = [
     "HOUSE_PRICES_OPENML_ID",
     "HOUSE_PRICE_COLUMNS",
     "MIRRORS",
+    "MNIST_MEAN",
+    "MNIST_STD",
     "SETUPS",
     "SPLITS",
     "TARGET_H",

@@ -16,9 +16,13 @@ import numpy as np
 from ._validate import choice, integer
 from .files import DamagedFileError, locate
 
-__all__ = ["MIRRORS", "SPLITS", "ImageSet", "digit_pair", "load_digits_8x8", "load_fashion_mnist", "load_mnist"]
+__all__ = ["MIRRORS", "MNIST_MEAN", "MNIST_STD", "SPLITS", "ImageSet", "digit_pair", "load_digits_8x8", "load_fashion_mnist", "load_mnist"]
 
 SPLITS = ("train", "test")
+
+#: MNIST's training-pixel mean and standard deviation on [0, 1], rounded as the authors (and
+#: torchvision's examples) use them to normalise: x ↦ (x/255 − MNIST_MEAN) / MNIST_STD.
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 #: Public mirrors, tried in order. Tests replace these with ``file://`` or loopback folders.
 MIRRORS: dict[str, tuple[str, ...]] = {

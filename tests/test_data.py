@@ -114,6 +114,9 @@ def test_mnist_contents():
     assert np.bincount(train.labels).tolist() == MNIST_TRAIN_COUNTS
     assert np.bincount(test.labels).tolist() == MNIST_TEST_COUNTS
     assert train.images.mean() / 255 == pytest.approx(0.13066, abs=1e-5)
+    # the normalisation constants are these statistics, rounded to 4 digits
+    x = train.images.astype(np.float64) / 255
+    assert round(x.mean(), 4) == data.MNIST_MEAN and round(x.std(), 4) == data.MNIST_STD
 
 
 @needs_data
