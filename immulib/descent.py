@@ -36,6 +36,8 @@ def gd_errors(A, e0, steps: int, *, step_size: float | str = "1/L") -> torch.Ten
     -------
     torch.Tensor
         float64, shape ``(steps + 1,)`` (or ``(B, steps + 1)``); entry t is ‖e_t‖².
+
+    Chapter: {ref}`ch-condition-numbers`.
     """
     A = as_float64(A, "A")
     e = as_float64(e0, "e0").clone()
@@ -68,7 +70,10 @@ def gd_errors(A, e0, steps: int, *, step_size: float | str = "1/L") -> torch.Ten
 
 
 def rate_bound(kappa: float, steps: int) -> torch.Tensor:
-    """The bound of Eq. (2): (1 − 1/κ)^t for t = 0 … steps, as a float64 tensor."""
+    """The bound of Eq. (2): (1 − 1/κ)^t for t = 0 … steps, as a float64 tensor.
+
+    Chapter: {ref}`ch-condition-numbers`.
+    """
     kappa = number(kappa, "kappa", minimum=1.0)
     steps = integer(steps, "steps", minimum=0)
     t = torch.arange(steps + 1, dtype=torch.float64)

@@ -128,6 +128,8 @@ def read_train_csv(path: str | os.PathLike):
     price written ``12,000``) or a missing or non-positive target. The frame is what
     ``pandas.read_csv`` returns, as in the authors' code. This does not check the fingerprint;
     :func:`load_house_prices` and :func:`immulib.files.locate` do.
+
+    Chapter: {ref}`ch-house-prices`.
     """
     import pandas as pd
 
@@ -210,6 +212,8 @@ def download_train_csv(target: str | os.PathLike, *, timeout: float | None = Non
     ``target`` and renames it into place only if its size and SHA-256 are those of Kaggle's
     ``train.csv``. Every request prints its URL and gives up after ``timeout`` seconds of silence
     (``TimeoutError``); any other failure is an ``OSError`` that says what went wrong.
+
+    Chapter: {ref}`ch-house-prices`.
     """
     timeout = resolve_timeout(timeout)
     target = Path(target)
@@ -240,6 +244,8 @@ class HousePrices:
 
     ``XP``/``yP``: D_P, houses with MSZoning ≠ RL, target LotArea. ``XH``/``yH``: D_H, houses
     with MSZoning = RL, target SalePrice. ``*_val`` hold the validation rows.
+
+    Chapter: {ref}`ch-house-prices`.
     """
 
     XP: np.ndarray

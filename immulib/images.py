@@ -38,7 +38,10 @@ MIRRORS: dict[str, tuple[str, ...]] = {
 
 
 class ImageSet(NamedTuple):
-    """Images (N × H × W, uint8) and their labels (N, uint8)."""
+    """Images (N × H × W, uint8) and their labels (N, uint8).
+
+    Chapter: {ref}`ch-mnist-pairs`.
+    """
 
     images: np.ndarray
     labels: np.ndarray
@@ -88,7 +91,10 @@ def load_fashion_mnist(split: str = "train", *, data_dir=None, download: bool = 
 
 
 def load_digits_8x8() -> ImageSet:
-    """scikit-learn's 1,797 handwritten digits (8×8, values 0–16 as uint8): tiny and offline."""
+    """scikit-learn's 1,797 handwritten digits (8×8, values 0–16 as uint8): tiny and offline.
+
+    Chapter: {ref}`ch-mnist-pairs`.
+    """
     from sklearn.datasets import load_digits
 
     d = load_digits()

@@ -55,13 +55,18 @@ def pow2_exponent(x) -> int:
 
     Dividing by 2^e is exact, so spectra computed on x / 2^e and scaled back are the spectra of
     x, without the overflow of squares at 1e200 or their underflow at 1e-200.
+
+    Chapter: {ref}`ch-condition-numbers`.
     """
     m = float(x.detach().abs().max()) if isinstance(x, torch.Tensor) else float(np.max(np.abs(x)))
     return math.frexp(m)[1] if m > 0 else 0
 
 
 def scaled_by_pow2(x: torch.Tensor, e: int) -> torch.Tensor:
-    """x · 2^e computed exactly (in steps, so that 2^e itself never overflows)."""
+    """x · 2^e computed exactly (in steps, so that 2^e itself never overflows).
+
+    Chapter: {ref}`ch-condition-numbers`.
+    """
     while e:
         step = max(-1000, min(1000, e))
         x = x * 2.0**step
@@ -74,6 +79,8 @@ def unscale(x_s: torch.Tensor, e: int, what: str, *, noise: float = 0.0) -> torc
 
     ``noise``: when max|x_s| <= noise the result is rounding noise of a zero and is returned
     (possibly as 0) without the underflow check.
+
+    Chapter: {ref}`ch-condition-numbers`.
     """
     m = float(x_s.detach().abs().max())
     if m > noise:
@@ -103,7 +110,10 @@ def _square(S, name: str) -> torch.Tensor:
 
 
 def check_symmetric(S: torch.Tensor, name: str) -> None:
-    """Raise ``ValueError`` unless ``S`` is symmetric up to a relative tolerance of 1e-10."""
+    """Raise ``ValueError`` unless ``S`` is symmetric up to a relative tolerance of 1e-10.
+
+    Chapter: {ref}`ch-condition-numbers`.
+    """
     S = S.detach()
     scale = S.abs().max()
     if bool((S - S.T).abs().max() > SYM_RTOL * scale):
@@ -115,7 +125,10 @@ def check_symmetric(S: torch.Tensor, name: str) -> None:
 
 
 def singular_values(S) -> torch.Tensor:
-    """Singular values of a real matrix in descending order, float64."""
+    """Singular values of a real matrix in descending order, float64.
+
+    Chapter: {ref}`ch-condition-numbers`.
+    """
     return torch.linalg.svdvals(as_float64(S, "S", ndim=2).detach())
 
 
@@ -124,6 +137,8 @@ def rank_tolerance(sigma: torch.Tensor, shape: tuple[int, int], rank_tol: float 
 
     ``rank_tol=None`` uses numpy's ``matrix_rank`` rule, σ_max · max(m, n) · eps(float64);
     a number is used as an absolute tolerance.
+
+    Chapter: {ref}`ch-condition-numbers`.
     """
     if rank_tol is None:
         return float(sigma.max()) * max(shape) * float(np.finfo(np.float64).eps)
@@ -147,6 +162,8 @@ def numerical_rank(S, *, rank_tol: float | None = None) -> int:
     """Number of singular values of ``S`` above the rank tolerance (see :func:`rank_tolerance`).
 
     Computed on S / 2^e (max entry in [0.5, 1)), so the rank does not depend on S's scale.
+
+    Chapter: {ref}`ch-condition-numbers`.
     """
     t = as_float64(S, "S", ndim=2)
     sigma, e = _scaled_svdvals(t)
@@ -182,6 +199,8 @@ def condition_number(
     Under ``"pinv"`` κ is computed on S / 2^e (e: the binary exponent of max|S|), so it is the
     same for S scaled by 1e-200 or 1e200. The ``"shifted"`` convention is not scale-free by
     definition (its 10⁻⁶ is absolute).
+
+    Chapter: {ref}`ch-condition-numbers`.
     """
     choice(convention, "convention", CONVENTIONS)
     t = _square(S, "S").detach()
@@ -214,6 +233,8 @@ def gram(X) -> torch.Tensor:
     It is computed as 2^{2e}·(X/2^e)ᵀ(X/2^e), with 2^e the power of two at max|X|: bit-identical
     to XᵀX whenever that is representable, and a ``ValueError`` (never inf or 0) when the result
     would overflow or underflow float64 (X's entries near 1e±154 and beyond).
+
+    Chapter: {ref}`ch-probe-hessian`.
     """
     t = as_float64(X, "X", ndim=2)
     e = pow2_exponent(t)
@@ -231,6 +252,8 @@ def probe_hessian(theta, K) -> torch.Tensor:
     through ``theta`` (and ``K``) if they require them. Computed on θ and K divided by powers
     of two, like :func:`gram`: a ``ValueError`` instead of inf or 0 when the result would not
     be representable in float64.
+
+    Chapter: {ref}`ch-probe-hessian`.
     """
     K = _square(K, "K")
     check_symmetric(K, "K")

@@ -29,6 +29,8 @@ class RIR:
     """Eq. (15)/(17): ``i`` = κ_H(θ)/κ_H(ref) ↑, ``ii`` = κ_P(θ)/κ_P(ref) ↓, ``rir`` = i / ii ↑.
 
     ``kappa_*`` are the four condition numbers; ``ref`` is I (Eq. (15)) or θ0 (Eq. (17)).
+
+    Chapter: {ref}`ch-house-prices`.
     """
 
     i: float
@@ -62,6 +64,8 @@ def rir(XP, XH, theta, *, theta0=None, convention: str = "pinv") -> RIR:
         immunized θ here gives exactly 1 (the bug of the released code, GitHub issue #1).
     convention
         κ convention (:func:`immulib.linalg.condition_number`); it matters on rank-deficient data.
+
+    Chapter: {ref}`ch-house-prices`.
     """
     choice(convention, "convention", CONVENTIONS)
     XP, XH = as_float64(XP, "XP", ndim=2), as_float64(XH, "XH", ndim=2)
@@ -89,6 +93,8 @@ def norm_ratio(X, y, theta, *, steps: int, w0=None) -> torch.Tensor:
     When the start is already optimal (‖w_0 − w*‖ <= 1e-12·max(‖w_0‖, ‖w*‖), or both are 0) the
     ratio is 0/0; it is then defined as 0 for every t (there is no distance left to close),
     never NaN.
+
+    Chapter: {ref}`ch-house-prices`.
     """
     X = as_float64(X, "X", ndim=2)
     y = as_float64(y, "y", ndim=1)

@@ -52,6 +52,8 @@ class NonUniqueSingularValueWarning(UserWarning):
 
     There the regularizer is not differentiable; the functions of this module then return one
     element of its (Clarke) subdifferential, built from the eigenvector ``torch.linalg.eigh`` returns.
+
+    Chapter: {ref}`ch-regularizers`.
     """
 
 
@@ -243,6 +245,8 @@ def r_ill(S, *, k: int | None = None) -> torch.Tensor:
         with 2 <= k <= n, and when all k singular values are equal (κ = 1, R_ill infinite).
 
     Derived in the chapter "Regularizers for ill- and well-conditioning".
+
+    Chapter: {ref}`ch-regularizers`.
     """
     S = _psd(S, "S")
     lam, V = _spectrum(S, "S")  # one eigendecomposition: PSD check, rank, σ_k and v_k
@@ -276,6 +280,8 @@ def r_well(S) -> torch.Tensor:
         For a non-square, non-symmetric, non-PSD, non-finite or all-zero S.
 
     Derived in the chapter "Regularizers for ill- and well-conditioning".
+
+    Chapter: {ref}`ch-regularizers`.
     """
     S = _psd(S, "S")
     return _RWell.apply(S, *_spectrum(S, "S"))  # one eigendecomposition, also the PSD check
@@ -291,6 +297,8 @@ def g_ill(H, *, k: int | None = None) -> torch.Tensor:
     With H = θᵀKθ, ∇_θ R_ill(H) = 2KθG_ill and K⁻¹∇_θ R_ill(H) = 2θG_ill (Theorems 4.2–4.3).
     ``k`` and the warning on a tied σ_k are as in :func:`r_ill`. Chapter: "Regularizers for
     ill- and well-conditioning".
+
+    Chapter: {ref}`ch-regularizers`.
     """
     H = _psd(H, "H")
     spectrum = _spectrum(H, "H")
@@ -303,6 +311,8 @@ def g_well(H) -> torch.Tensor:
 
     With H = θᵀKθ, ∇_θ R_well(H) = 2KθG_well and K⁻¹∇_θ R_well(H) = 2θG_well (Theorems 4.2–4.3).
     Warns as :func:`r_well` on a tied σ₁. Chapter: "Regularizers for ill- and well-conditioning".
+
+    Chapter: {ref}`ch-regularizers`.
     """
     _, G, e = _well_parts(_psd(H, "H"))
     return unscale(G, e, "G_well", noise=_WELL_NOISE)
@@ -318,6 +328,8 @@ def grad_theta_r_ill(theta, K, *, k: int | None = None) -> torch.Tensor:
 
     ``theta`` is D_in × D_hid, ``K`` the symmetric PSD D_in × D_in Gram matrix, ``k`` the rank of
     θᵀKθ (default: its numerical rank). Chapter: "Regularizers for ill- and well-conditioning".
+
+    Chapter: {ref}`ch-regularizers`.
     """
     theta, K, H = _theta_K(theta, K)
     return 2 * K @ theta @ g_ill(H, k=k)
@@ -327,6 +339,8 @@ def grad_theta_r_well(theta, K) -> torch.Tensor:
     """∇_θ R_well(θᵀKθ) = 2Kθ(σ₁ v₁ v₁ᵀ − θᵀKθ/p) (Theorem 4.2 (1), p = D_hid), float64.
 
     Chapter: "Regularizers for ill- and well-conditioning".
+
+    Chapter: {ref}`ch-regularizers`.
     """
     theta, K, H = _theta_K(theta, K)
     return 2 * K @ theta @ g_well(H)
@@ -338,6 +352,8 @@ def preconditioned_step(theta, G, eta: float) -> torch.Tensor:
     ``G`` is :func:`g_ill` or :func:`g_well` of H = θᵀKθ (D_hid × D_hid, symmetric) and ``eta`` a
     positive step size. Because K⁻¹·2KθG = 2θG, K is never inverted. Chapter: "Regularizers for
     ill- and well-conditioning".
+
+    Chapter: {ref}`ch-regularizers`.
     """
     theta = as_float64(theta, "theta", ndim=2)
     G = as_float64(G, "G", ndim=2)
@@ -358,6 +374,8 @@ def max_step_r_ill(H, *, k: int | None = None) -> float:
     is garbled in the available text; this one is derived and checked in the chapter
     "Regularizers for ill- and well-conditioning" (any η below twice the bound also works,
     except exactly at the bound).
+
+    Chapter: {ref}`ch-regularizers`.
     """
     H = _psd(H, "H")
     k = _check_k(k, H.shape[0], H)
@@ -375,6 +393,8 @@ def safe_step_r_well(H, *, k: int | None = None) -> float:
     κ(θ'ᵀKθ') < κ(θᵀKθ): σ₁ shrinks but not below σ_min, and no other σ_i grows past σ₁.
     The bound as transcribed from the paper can fail; see the chapter "Regularizers for ill- and
     well-conditioning". Returns 0.0 when κ(H) = 1 (no step can decrease it).
+
+    Chapter: {ref}`ch-regularizers`.
     """
     H = _psd(H, "H")
     p = H.shape[0]

@@ -228,3 +228,21 @@ def test_house_prices_well_posed_setup():
         lam = np.linalg.eigvalsh(K.numpy())
         assert shifted == pytest.approx((lam[-1] + 1e-6) / (lam[0] + 1e-6), rel=1e-9)
         assert abs(shifted - pinv) / pinv <= 1e-6 / lam[0] * 1.01 and abs(shifted - pinv) / pinv < 1e-5
+
+
+def test_every_public_function_names_an_existing_chapter_label():
+    import inspect
+    import re
+    from pathlib import Path
+
+    from immulib import house_prices, images
+
+    book = Path(__file__).resolve().parent.parent / "book"
+    labels = set(re.findall(r"^\(([\w-]+)\)=", "\n".join(p.read_text() for p in book.glob("*.md")), re.M))
+    for module in (house_prices, images):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)) or obj.__module__ != module.__name__:
+                continue
+            found = re.findall(r"\{ref\}`([\w-]+)`", obj.__doc__ or "")
+            assert found and set(found) <= labels, f"{module.__name__}.{name}: {found} vs the book's labels"
