@@ -71,7 +71,8 @@ def check_output(output: str | os.PathLike, chapter: Path, book: str | os.PathLi
     """Refuse an output that would overwrite a chapter source or that cannot be written.
 
     The output must end in ``.ipynb``, must not be the chapter itself nor any ``.md``/``.ipynb``
-    in the chapter's folder or the book folder, and its folder must exist.
+    in the chapter's folder or the book folder, and its folder must exist. An existing file is
+    replaced only if it is an executed notebook written by an earlier rerun (papermill metadata).
     """
     if not isinstance(output, (str, os.PathLike)):
         raise TypeError(f"output must be a path, got {type(output).__name__}")
@@ -92,7 +93,23 @@ def check_output(output: str | os.PathLike, chapter: Path, book: str | os.PathLi
         )
     if not out.parent.is_dir():
         raise ValueError(f"the output folder {str(out.parent)!r} does not exist; create it first")
+    if out.exists() and not _written_by_rerun(out):
+        raise ValueError(
+            f"output {str(output)!r} exists and is not a notebook written by an earlier rerun; "
+            "delete it or choose another path"
+        )
     return out
+
+
+def _written_by_rerun(path: Path) -> bool:
+    """Whether ``path`` is an executed notebook papermill wrote (safe to replace)."""
+    import json
+
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(nb, dict) and isinstance(nb.get("metadata"), dict) and "papermill" in nb["metadata"]
 
 
 def _parameters_cell(nb):

@@ -143,3 +143,14 @@ def test_without_a_book_folder_a_name_gets_a_clear_error(tmp_path, monkeypatch):
         rerun.find_chapter("condition_numbers", tmp_path / "nope")
     (tmp_path / "ch.md").write_text(TINY)
     assert rerun.find_chapter(tmp_path / "ch.md") == (tmp_path / "ch.md").resolve()
+
+
+def test_existing_output_is_replaced_only_if_an_earlier_rerun_wrote_it(tiny_book, tmp_path):
+    mine = tmp_path / "mine.ipynb"
+    mine.write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}')
+    with pytest.raises(ValueError, match="exists and is not a notebook written by an earlier rerun"):
+        rerun.run_chapter(tiny_book / "01_tiny.md", {}, mine)
+    out = tmp_path / "out.ipynb"
+    rerun.run_chapter(tiny_book / "01_tiny.md", {"x": 2}, out, progress=False)
+    rerun.run_chapter(tiny_book / "01_tiny.md", {"x": 3}, out, progress=False)  # rerun: fine
+    assert "x is 3" in out.read_text()
