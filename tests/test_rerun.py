@@ -154,3 +154,38 @@ def test_existing_output_is_replaced_only_if_an_earlier_rerun_wrote_it(tiny_book
     rerun.run_chapter(tiny_book / "01_tiny.md", {"x": 2}, out, progress=False)
     rerun.run_chapter(tiny_book / "01_tiny.md", {"x": 3}, out, progress=False)  # rerun: fine
     assert "x is 3" in out.read_text()
+
+
+@pytest.mark.slow
+def test_works_from_a_non_editable_install(tiny_book, tmp_path):
+    """pip install (not editable) into a folder: no book/ next to the package, chapters by path or --book."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    target, src = tmp_path / "site", tmp_path / "src"
+    repo = Path(__file__).resolve().parent.parent
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):  # a copy, so that the build writes nothing in the repo
+        shutil.copy(repo / name, src / name)
+    shutil.copytree(repo / "immulib", src / "immulib", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(src)], check=True, capture_output=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    run = tmp_path / "elsewhere"
+    run.mkdir()
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "immulib.rerun", *map(str, args)], cwd=run, env=env,
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    proc = cli("-c", "0")  # argparse: prove the module imports from the install
+    assert "usage: python -m immulib.rerun" in proc.stderr
+    proc = cli("tiny", "-o", run / "o.ipynb")
+    assert proc.returncode == 2 and "no book folder" in proc.stderr
+    proc = cli(tiny_book / "01_tiny.md", "-p", "x", "5", "-o", run / "o.ipynb")
+    assert proc.returncode == 0, proc.stderr
+    assert "x is 5" in (run / "o.ipynb").read_text()
+    code = "import immulib.rerun as r; print(r.__file__)"
+    where = subprocess.run([sys.executable, "-c", code], cwd=run, env=env, capture_output=True, text=True, check=True)
+    assert where.stdout.startswith(str(target))
