@@ -16,7 +16,7 @@ import torch
 
 from ._validate import as_float64, choice, integer
 from .descent import gd_errors
-from .linalg import CONVENTIONS, condition_number, gram
+from .linalg import CONVENTIONS, condition_number, gram, pow2_exponent, scaled_by_pow2, unscale
 
 __all__ = ["RIR", "START_AT_OPTIMUM_RTOL", "norm_ratio", "rir"]
 
@@ -42,11 +42,18 @@ class RIR:
     kappa_P_ref: float
 
 
-def _features(X, theta, name: str) -> torch.Tensor:
+def _features(X, theta, name: str, *, scale_free: bool = False) -> torch.Tensor:
+    """Xθ, computed on X and θ divided by powers of two; ``scale_free``: return it divided by
+    a power of two (max entry in [0.5, 1)) for quantities, such as κ under "pinv", that do not
+    depend on the scale. Otherwise a ValueError when Xθ is not representable in float64."""
     theta = as_float64(theta, name, ndim=2).detach()
     if theta.shape[0] != X.shape[1]:
         raise ValueError(f"{name} must have {X.shape[1]} rows (the input dimension), got {tuple(theta.shape)}")
-    return X @ theta
+    eX, et = pow2_exponent(X), pow2_exponent(theta)
+    F = scaled_by_pow2(X, -eX) @ scaled_by_pow2(theta, -et)
+    if scale_free:
+        return scaled_by_pow2(F, -pow2_exponent(F))
+    return unscale(F, eX + et, f"the features X{name}")
 
 
 def rir(XP, XH, theta, *, theta0=None, convention: str = "pinv") -> RIR:
@@ -72,8 +79,13 @@ def rir(XP, XH, theta, *, theta0=None, convention: str = "pinv") -> RIR:
     if XP.shape[1] != XH.shape[1]:
         raise ValueError(f"XP and XH must have the same number of columns, got {XP.shape[1]} and {XH.shape[1]}")
 
+    scale_free = convention == "pinv"  # κ under "pinv" is scale-free; the 1e-6 shift is not
+
     def kappa(X, th, name):
-        F = X if th is None else _features(X, th, name)
+        if th is None:
+            F = scaled_by_pow2(X, -pow2_exponent(X)) if scale_free else X
+        else:
+            F = _features(X, th, name, scale_free=scale_free)
         return condition_number(gram(F), convention=convention)
 
     kH, kP = kappa(XH, theta, "theta"), kappa(XP, theta, "theta")

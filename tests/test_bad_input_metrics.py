@@ -36,3 +36,24 @@ def test_steps_are_checked():
         metrics.norm_ratio(X, y, theta, steps=2.5)
     with pytest.raises(ValueError, match="steps must be >= 0"):
         metrics.norm_ratio(X, y, theta, steps=-1)
+
+
+@pytest.mark.parametrize("c", [1e-200, 1e200])
+def test_rir_is_scale_free_at_extreme_scales(c):
+    g = torch.Generator().manual_seed(3)
+    XP = torch.randn(20, 5, dtype=torch.float64, generator=g)
+    XH = torch.randn(20, 5, dtype=torch.float64, generator=g)
+    theta = torch.randn(5, 4, dtype=torch.float64, generator=g)
+    ref = metrics.rir(XP, XH, theta)
+    for args in ((XP * c, XH * c, theta), (XP, XH, theta * c)):
+        got = metrics.rir(*args)
+        assert got.rir == pytest.approx(ref.rir, rel=1e-9) and got.kappa_H == pytest.approx(ref.kappa_H, rel=1e-9)
+    # the shifted convention is not scale-free: a clear error instead of inf/0 inside
+    with pytest.raises(ValueError, match="Gram matrix XᵀX (over|under)flows"):
+        metrics.rir(XP * c, XH * c, theta, convention="shifted")
+
+
+def test_norm_ratio_features_that_overflow_are_a_clear_error():
+    X, y, theta = _task()
+    with pytest.raises(ValueError, match="the features Xtheta overflows float64"):
+        metrics.norm_ratio(X * 1e200, y, theta * 1e200, steps=2)
