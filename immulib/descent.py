@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .linalg import as_float64, check_symmetric
+from ._validate import as_float64, choice, integer, number, positive
+from .linalg import check_symmetric
 
 __all__ = ["gd_errors", "rate_bound"]
 
@@ -35,6 +36,8 @@ def gd_errors(A, e0, steps: int, *, step_size: float | str = "1/L") -> torch.Ten
     -------
     torch.Tensor
         float64, shape ``(steps + 1,)`` (or ``(B, steps + 1)``); entry t is ‖e_t‖².
+
+    Chapter: {ref}`ch-condition-numbers`.
     """
     A = as_float64(A, "A")
     e = as_float64(e0, "e0").clone()
@@ -44,14 +47,11 @@ def gd_errors(A, e0, steps: int, *, step_size: float | str = "1/L") -> torch.Ten
         raise ValueError(f"e0 must have shape {tuple(A.shape[:-1])} to match A, got {tuple(e.shape)}")
     for i, Ai in enumerate(A.reshape(-1, *A.shape[-2:])):
         check_symmetric(Ai, "A" if A.ndim == 2 else f"A[{i}]")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-    bad = ValueError(f'step_size must be "1/L", "exact" or a positive float, got {step_size!r}')
+    steps = integer(steps, "steps", minimum=0)
     if isinstance(step_size, str):
-        if step_size not in ("1/L", "exact"):
-            raise bad
-    elif isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not step_size > 0:
-        raise bad
+        choice(step_size, "step_size", ("1/L", "exact"))
+    else:
+        step_size = positive(step_size, "step_size")
     if step_size == "1/L":
         eta = 1.0 / torch.linalg.eigvalsh(A)[..., -1:]
     elif step_size != "exact":
@@ -70,10 +70,11 @@ def gd_errors(A, e0, steps: int, *, step_size: float | str = "1/L") -> torch.Ten
 
 
 def rate_bound(kappa: float, steps: int) -> torch.Tensor:
-    """The bound of Eq. (2): (1 − 1/κ)^t for t = 0 … steps, as a float64 tensor."""
-    if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not kappa >= 1:
-        raise ValueError(f"kappa must be a number >= 1, got {kappa!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    """The bound of Eq. (2): (1 − 1/κ)^t for t = 0 … steps, as a float64 tensor.
+
+    Chapter: {ref}`ch-condition-numbers`.
+    """
+    kappa = number(kappa, "kappa", minimum=1.0)
+    steps = integer(steps, "steps", minimum=0)
     t = torch.arange(steps + 1, dtype=torch.float64)
     return (1.0 - 1.0 / kappa) ** t

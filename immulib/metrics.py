@@ -14,10 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ._validate import as_float64, choice, integer
 from .descent import gd_errors
-from .linalg import CONVENTIONS, as_float64, condition_number, gram
+from .linalg import CONVENTIONS, condition_number, gram, pow2_exponent, scaled_by_pow2, unscale
 
-__all__ = ["RIR", "norm_ratio", "rir"]
+__all__ = ["RIR", "START_AT_OPTIMUM_RTOL", "norm_ratio", "rir"]
+
+#: ‖w_0 − w*‖ at most this times max(‖w_0‖, ‖w*‖) counts as starting at the optimum.
+START_AT_OPTIMUM_RTOL = 1e-12
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,8 @@ class RIR:
     """Eq. (15)/(17): ``i`` = κ_H(θ)/κ_H(ref) ↑, ``ii`` = κ_P(θ)/κ_P(ref) ↓, ``rir`` = i / ii ↑.
 
     ``kappa_*`` are the four condition numbers; ``ref`` is I (Eq. (15)) or θ0 (Eq. (17)).
+
+    Chapter: {ref}`ch-house-prices`.
     """
 
     i: float
@@ -36,11 +42,18 @@ class RIR:
     kappa_P_ref: float
 
 
-def _features(X, theta, name: str) -> torch.Tensor:
+def _features(X, theta, name: str, *, scale_free: bool = False) -> torch.Tensor:
+    """Xθ, computed on X and θ divided by powers of two; ``scale_free``: return it divided by
+    a power of two (max entry in [0.5, 1)) for quantities, such as κ under "pinv", that do not
+    depend on the scale. Otherwise a ValueError when Xθ is not representable in float64."""
     theta = as_float64(theta, name, ndim=2).detach()
     if theta.shape[0] != X.shape[1]:
         raise ValueError(f"{name} must have {X.shape[1]} rows (the input dimension), got {tuple(theta.shape)}")
-    return X @ theta
+    eX, et = pow2_exponent(X), pow2_exponent(theta)
+    F = scaled_by_pow2(X, -eX) @ scaled_by_pow2(theta, -et)
+    if scale_free:
+        return scaled_by_pow2(F, -pow2_exponent(F))
+    return unscale(F, eX + et, f"the features X{name}")
 
 
 def rir(XP, XH, theta, *, theta0=None, convention: str = "pinv") -> RIR:
@@ -58,15 +71,21 @@ def rir(XP, XH, theta, *, theta0=None, convention: str = "pinv") -> RIR:
         immunized θ here gives exactly 1 (the bug of the released code, GitHub issue #1).
     convention
         κ convention (:func:`immulib.linalg.condition_number`); it matters on rank-deficient data.
+
+    Chapter: {ref}`ch-house-prices`.
     """
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    choice(convention, "convention", CONVENTIONS)
     XP, XH = as_float64(XP, "XP", ndim=2), as_float64(XH, "XH", ndim=2)
     if XP.shape[1] != XH.shape[1]:
         raise ValueError(f"XP and XH must have the same number of columns, got {XP.shape[1]} and {XH.shape[1]}")
 
+    scale_free = convention == "pinv"  # κ under "pinv" is scale-free; the 1e-6 shift is not
+
     def kappa(X, th, name):
-        F = X if th is None else _features(X, th, name)
+        if th is None:
+            F = scaled_by_pow2(X, -pow2_exponent(X)) if scale_free else X
+        else:
+            F = _features(X, th, name, scale_free=scale_free)
         return condition_number(gram(F), convention=convention)
 
     kH, kP = kappa(XH, theta, "theta"), kappa(XP, theta, "theta")
@@ -82,6 +101,12 @@ def norm_ratio(X, y, theta, *, steps: int, w0=None) -> torch.Tensor:
     ‖Xθw − y‖²; w* is the minimum-norm least-squares solution (pseudo-inverse) and w_0 = 0 by
     default, so w_0 − w* lies in the row space and the ratio tends to 0 even when Xθ is
     rank-deficient. Uses :func:`immulib.descent.gd_errors` with ``step_size="exact"``.
+
+    When the start is already optimal (‖w_0 − w*‖ <= 1e-12·max(‖w_0‖, ‖w*‖), or both are 0) the
+    ratio is 0/0; it is then defined as 0 for every t (there is no distance left to close),
+    never NaN.
+
+    Chapter: {ref}`ch-house-prices`.
     """
     X = as_float64(X, "X", ndim=2)
     y = as_float64(y, "y", ndim=1)
@@ -92,5 +117,10 @@ def norm_ratio(X, y, theta, *, steps: int, w0=None) -> torch.Tensor:
     w0 = torch.zeros_like(w_star) if w0 is None else as_float64(w0, "w0", ndim=1)
     if w0.shape != w_star.shape:
         raise ValueError(f"w0 must have {len(w_star)} entries, got {len(w0)}")
-    err = gd_errors(gram(F), w0 - w_star, steps, step_size="exact")
+    steps = integer(steps, "steps", minimum=0)
+    e0 = w0 - w_star
+    scale = max(float(w0.norm()), float(w_star.norm()))
+    if float(e0.norm()) <= START_AT_OPTIMUM_RTOL * scale:
+        return torch.zeros(steps + 1, dtype=torch.float64)
+    err = gd_errors(gram(F), e0, steps, step_size="exact")
     return err / err[0]

@@ -22,12 +22,13 @@ import warnings
 
 import torch
 
-from .linalg import as_float64, check_symmetric, numerical_rank, probe_hessian
+from ._validate import as_float64, integer, positive
+from .linalg import check_symmetric, numerical_rank, pow2_exponent, probe_hessian, scaled_by_pow2, unscale
 
 __all__ = [
-    "NonUniqueSingularValueWarning",
     "PSD_RTOL",
     "UNIQUE_RTOL",
+    "NonUniqueSingularValueWarning",
     "g_ill",
     "g_well",
     "grad_theta_r_ill",
@@ -51,6 +52,8 @@ class NonUniqueSingularValueWarning(UserWarning):
 
     There the regularizer is not differentiable; the functions of this module then return one
     element of its (Clarke) subdifferential, built from the eigenvector ``torch.linalg.eigh`` returns.
+
+    Chapter: {ref}`ch-regularizers`.
     """
 
 
@@ -72,8 +75,8 @@ def _check_k(k, n: int, S: torch.Tensor, lam: torch.Tensor | None = None) -> int
     """Validate ``k``; ``None`` means the numerical rank (from the eigenvalues ``lam`` if given)."""
     if k is None:
         k = numerical_rank(S.detach()) if lam is None else _rank_from_eigenvalues(lam, n)
-    elif isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int or None, got {type(k).__name__}")
+    else:
+        k = integer(k, "k")
     if not 2 <= k <= n:
         raise ValueError(
             f"k must satisfy 2 <= k <= {n} (R_ill needs at least two nonzero singular values), got {k}"
@@ -93,8 +96,10 @@ def _spectrum(S: torch.Tensor, name: str, check: bool = True) -> tuple[torch.Ten
     ``check=False`` (used inside the autograd Functions, whose inputs the public wrappers have
     already checked) skips the PSD check, so finite differences may step slightly outside the cone.
     """
-    lam, V = torch.linalg.eigh((S.detach() + S.detach().T) / 2)
-    lam, V = lam.flip(-1), V.flip(-1)
+    Sd = S.detach()
+    e = pow2_exponent(Sd)  # eigh of S / 2^e, eigenvalues scaled back exactly: any scale works
+    lam, V = torch.linalg.eigh(scaled_by_pow2((Sd + Sd.T) / 2, -e))
+    lam, V = scaled_by_pow2(lam.flip(-1), e), V.flip(-1)
     if check and bool(lam[-1] < -PSD_RTOL * lam[0]):
         raise ValueError(
             f"{name} must be positive semi-definite; its smallest eigenvalue is "
@@ -119,15 +124,18 @@ def _warn_if_tied(lam: torch.Tensor, i: int, what: str) -> None:
         )
 
 
-def _ill_parts(S: torch.Tensor, k: int, check: bool = True, spectrum=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(g, G) with g = ‖S‖_F²/(2k) − σ_k²/2 and G = ∇R_ill(S) = (σ_k v_k v_kᵀ − S/k)/g².
+def _ill_parts(S: torch.Tensor, k: int, check: bool = True, spectrum=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(g_s, G_s, e): g = g_s·2^{2e} = ‖S‖_F²/(2k) − σ_k²/2 and G = G_s·2^{-3e} = ∇R_ill(S).
 
-    ``spectrum``: S's (eigenvalues, eigenvectors) from :func:`_spectrum`, if already computed.
+    Everything is computed on S/2^e (e: the binary exponent of max|S|), so that the squares
+    neither overflow nor underflow at any scale of S. ``spectrum``: S's (eigenvalues,
+    eigenvectors) from :func:`_spectrum`, if already computed.
     """
     lam, V = spectrum if spectrum is not None else _spectrum(S, "S", check)
     _warn_if_tied(lam, k - 1, f"σ_min = σ_{k} (the k-th singular value)")
-    Sd = (S.detach() + S.detach().T) / 2
-    sk, vk = lam[k - 1], V[:, k - 1]
+    e = pow2_exponent(S)
+    Sd = scaled_by_pow2((S.detach() + S.detach().T) / 2, -e)
+    sk, vk = scaled_by_pow2(lam[k - 1], -e), V[:, k - 1]
     g = (Sd * Sd).sum() / (2 * k) - sk**2 / 2
     if not bool(g > 0):
         raise ValueError(
@@ -135,18 +143,35 @@ def _ill_parts(S: torch.Tensor, k: int, check: bool = True, spectrum=None) -> tu
             "so the denominator of Eq. (12) is zero"
         )
     G = (sk * torch.outer(vk, vk) - Sd / k) / g**2
-    return g, (G + G.T) / 2
+    return g, (G + G.T) / 2, e
 
 
-def _well_parts(S: torch.Tensor, check: bool = True, spectrum=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(R_well(S), ∇R_well(S) = σ₁ v₁ v₁ᵀ − S/p); ``spectrum`` as in :func:`_ill_parts`."""
+def _well_parts(S: torch.Tensor, check: bool = True, spectrum=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(v_s, G_s, e): R_well(S) = v_s·2^{2e} and ∇R_well(S) = σ₁ v₁ v₁ᵀ − S/p = G_s·2^e.
+
+    Computed on S/2^e as in :func:`_ill_parts`.
+    """
     lam, V = spectrum if spectrum is not None else _spectrum(S, "S", check)
     _warn_if_tied(lam, 0, "σ_max = σ₁")
-    Sd = (S.detach() + S.detach().T) / 2
+    e = pow2_exponent(S)
+    Sd = scaled_by_pow2((S.detach() + S.detach().T) / 2, -e)
+    s1 = scaled_by_pow2(lam[0], -e)
     p = S.shape[0]
-    value = lam[0] ** 2 / 2 - (Sd * Sd).sum() / (2 * p)
-    G = lam[0] * torch.outer(V[:, 0], V[:, 0]) - Sd / p
-    return value, (G + G.T) / 2
+    value = s1**2 / 2 - (Sd * Sd).sum() / (2 * p)
+    G = s1 * torch.outer(V[:, 0], V[:, 0]) - Sd / p
+    return value, (G + G.T) / 2, e
+
+
+#: A scaled R_well at most this (times σ₁²) is the rounding noise of an exact zero.
+_WELL_NOISE = 64 * torch.finfo(torch.float64).eps
+
+
+def _r_ill_value(g_s: torch.Tensor, e: int) -> torch.Tensor:
+    return unscale(1.0 / g_s, -2 * e, "R_ill(S)")
+
+
+def _r_well_value(v_s: torch.Tensor, e: int) -> torch.Tensor:
+    return unscale(v_s, 2 * e, "R_well(S)", noise=_WELL_NOISE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,15 +183,16 @@ class _RIll(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, S: torch.Tensor, k: int, lam=None, V=None) -> torch.Tensor:
-        g, G = _ill_parts(S, k, check=False, spectrum=None if lam is None else (lam, V))
+        g, G, e = _ill_parts(S, k, check=False, spectrum=None if lam is None else (lam, V))
         ctx.save_for_backward(G)
-        return 1.0 / g
+        ctx.e = e
+        return _r_ill_value(g, e)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         (G,) = ctx.saved_tensors
-        return grad_out * G, None, None, None
+        return grad_out * unscale(G, -3 * ctx.e, "the gradient of R_ill(S)"), None, None, None
 
 
 class _RWell(torch.autograd.Function):
@@ -174,15 +200,16 @@ class _RWell(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, S: torch.Tensor, lam=None, V=None) -> torch.Tensor:
-        value, G = _well_parts(S, check=False, spectrum=None if lam is None else (lam, V))
+        value, G, e = _well_parts(S, check=False, spectrum=None if lam is None else (lam, V))
         ctx.save_for_backward(G)
-        return value
+        ctx.e = e
+        return _r_well_value(value, e)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         (G,) = ctx.saved_tensors
-        return grad_out * G, None, None
+        return grad_out * unscale(G, ctx.e, "the gradient of R_well(S)", noise=_WELL_NOISE), None, None
 
 
 def r_ill(S, *, k: int | None = None) -> torch.Tensor:
@@ -218,6 +245,8 @@ def r_ill(S, *, k: int | None = None) -> torch.Tensor:
         with 2 <= k <= n, and when all k singular values are equal (κ = 1, R_ill infinite).
 
     Derived in the chapter "Regularizers for ill- and well-conditioning".
+
+    Chapter: {ref}`ch-regularizers`.
     """
     S = _psd(S, "S")
     lam, V = _spectrum(S, "S")  # one eigendecomposition: PSD check, rank, σ_k and v_k
@@ -251,6 +280,8 @@ def r_well(S) -> torch.Tensor:
         For a non-square, non-symmetric, non-PSD, non-finite or all-zero S.
 
     Derived in the chapter "Regularizers for ill- and well-conditioning".
+
+    Chapter: {ref}`ch-regularizers`.
     """
     S = _psd(S, "S")
     return _RWell.apply(S, *_spectrum(S, "S"))  # one eigendecomposition, also the PSD check
@@ -266,10 +297,13 @@ def g_ill(H, *, k: int | None = None) -> torch.Tensor:
     With H = θᵀKθ, ∇_θ R_ill(H) = 2KθG_ill and K⁻¹∇_θ R_ill(H) = 2θG_ill (Theorems 4.2–4.3).
     ``k`` and the warning on a tied σ_k are as in :func:`r_ill`. Chapter: "Regularizers for
     ill- and well-conditioning".
+
+    Chapter: {ref}`ch-regularizers`.
     """
     H = _psd(H, "H")
     spectrum = _spectrum(H, "H")
-    return _ill_parts(H, _check_k(k, H.shape[0], H, spectrum[0]), spectrum=spectrum)[1]
+    _, G, e = _ill_parts(H, _check_k(k, H.shape[0], H, spectrum[0]), spectrum=spectrum)
+    return unscale(G, -3 * e, "G_ill")
 
 
 def g_well(H) -> torch.Tensor:
@@ -277,8 +311,11 @@ def g_well(H) -> torch.Tensor:
 
     With H = θᵀKθ, ∇_θ R_well(H) = 2KθG_well and K⁻¹∇_θ R_well(H) = 2θG_well (Theorems 4.2–4.3).
     Warns as :func:`r_well` on a tied σ₁. Chapter: "Regularizers for ill- and well-conditioning".
+
+    Chapter: {ref}`ch-regularizers`.
     """
-    return _well_parts(_psd(H, "H"))[1]
+    _, G, e = _well_parts(_psd(H, "H"))
+    return unscale(G, e, "G_well", noise=_WELL_NOISE)
 
 
 def _theta_K(theta, K) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -291,6 +328,8 @@ def grad_theta_r_ill(theta, K, *, k: int | None = None) -> torch.Tensor:
 
     ``theta`` is D_in × D_hid, ``K`` the symmetric PSD D_in × D_in Gram matrix, ``k`` the rank of
     θᵀKθ (default: its numerical rank). Chapter: "Regularizers for ill- and well-conditioning".
+
+    Chapter: {ref}`ch-regularizers`.
     """
     theta, K, H = _theta_K(theta, K)
     return 2 * K @ theta @ g_ill(H, k=k)
@@ -300,6 +339,8 @@ def grad_theta_r_well(theta, K) -> torch.Tensor:
     """∇_θ R_well(θᵀKθ) = 2Kθ(σ₁ v₁ v₁ᵀ − θᵀKθ/p) (Theorem 4.2 (1), p = D_hid), float64.
 
     Chapter: "Regularizers for ill- and well-conditioning".
+
+    Chapter: {ref}`ch-regularizers`.
     """
     theta, K, H = _theta_K(theta, K)
     return 2 * K @ theta @ g_well(H)
@@ -311,6 +352,8 @@ def preconditioned_step(theta, G, eta: float) -> torch.Tensor:
     ``G`` is :func:`g_ill` or :func:`g_well` of H = θᵀKθ (D_hid × D_hid, symmetric) and ``eta`` a
     positive step size. Because K⁻¹·2KθG = 2θG, K is never inverted. Chapter: "Regularizers for
     ill- and well-conditioning".
+
+    Chapter: {ref}`ch-regularizers`.
     """
     theta = as_float64(theta, "theta", ndim=2)
     G = as_float64(G, "G", ndim=2)
@@ -319,8 +362,7 @@ def preconditioned_step(theta, G, eta: float) -> torch.Tensor:
             f"G must be {theta.shape[1]} × {theta.shape[1]} to match theta, got {tuple(G.shape)}"
         )
     check_symmetric(G, "G")
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (0 < eta < math.inf):
-        raise ValueError(f"eta must be a finite number > 0, got {eta!r}")
+    eta = positive(eta, "eta")
     return theta - 2 * eta * theta @ G
 
 
@@ -332,12 +374,14 @@ def max_step_r_ill(H, *, k: int | None = None) -> float:
     is garbled in the available text; this one is derived and checked in the chapter
     "Regularizers for ill- and well-conditioning" (any η below twice the bound also works,
     except exactly at the bound).
+
+    Chapter: {ref}`ch-regularizers`.
     """
     H = _psd(H, "H")
     k = _check_k(k, H.shape[0], H)
-    g, _ = _ill_parts(H, k)
-    sk = _spectrum(H, "H")[0][k - 1]
-    return float(g**2 / (2 * sk * (1 - 1 / k)))
+    g, _, e = _ill_parts(H, k)  # g = g_s·2^{2e}, σ_k = sk_s·2^e: the bound is b_s·2^{3e}
+    sk = scaled_by_pow2(_spectrum(H, "H")[0][k - 1], -e)
+    return float(unscale(g**2 / (2 * sk * (1 - 1 / k)), 3 * e, "the R_ill step bound"))
 
 
 def safe_step_r_well(H, *, k: int | None = None) -> float:
@@ -349,6 +393,8 @@ def safe_step_r_well(H, *, k: int | None = None) -> float:
     κ(θ'ᵀKθ') < κ(θᵀKθ): σ₁ shrinks but not below σ_min, and no other σ_i grows past σ₁.
     The bound as transcribed from the paper can fail; see the chapter "Regularizers for ill- and
     well-conditioning". Returns 0.0 when κ(H) = 1 (no step can decrease it).
+
+    Chapter: {ref}`ch-regularizers`.
     """
     H = _psd(H, "H")
     p = H.shape[0]

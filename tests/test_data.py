@@ -1,15 +1,15 @@
 """immulib.data: resolution order, checksums, errors, and the datasets' contents."""
 
 import gzip
+import hashlib
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import PROJECT_DATA, needs_data
 
 from immulib import data
-
-from helpers import PROJECT_DATA, needs_data
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -27,6 +27,8 @@ def _touch(folder, dataset, name, text="x"):
 
 def test_resolution_order_argument_then_env_then_cache(isolated_data, monkeypatch):
     tmp = isolated_data
+    fp = data.Fingerprint(1, hashlib.sha256(b"x").hexdigest())
+    monkeypatch.setitem(data.FINGERPRINTS, ("mnist", "f.gz"), fp)
     in_cache = _touch(tmp / "cache", "mnist", "f.gz")
     assert data.locate("mnist", "f.gz", download=False) == in_cache
     in_env = _touch(tmp / "env", "mnist", "f.gz")
@@ -70,9 +72,10 @@ def test_corrupt_download_is_rejected(isolated_data, monkeypatch):
     with gzip.open(mirror / "t10k-labels-idx1-ubyte.gz", "wb") as f:
         f.write(b"\x00\x00\x08\x01" + b"\x00" * 20)
     monkeypatch.setitem(data.MIRRORS, "mnist", (mirror.as_uri() + "/",))
-    with pytest.raises(FileNotFoundError, match="MD5"):
+    with pytest.raises(FileNotFoundError, match="rejected: it holds 24 bytes once decompressed"):
         data.locate("mnist", "t10k-labels-idx1-ubyte.gz")
     assert not (isolated_data / "cache" / "mnist" / "t10k-labels-idx1-ubyte.gz").exists()
+    assert list((isolated_data / "cache" / "mnist").iterdir()) == []  # no temporary file left
 
 
 @needs_data
@@ -84,7 +87,7 @@ def test_corrupt_local_file_is_an_error_not_a_wrong_number(isolated_data):
     raw = gzip.open(folder / "t10k-labels-idx1-ubyte.gz").read()
     with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as f:
         f.write(raw[:-1] + bytes([(raw[-1] + 1) % 10]))  # one label changed
-    with pytest.raises(ValueError, match="MD5"):
+    with pytest.raises(data.DamagedFileError, match="t10k-labels-idx1-ubyte.gz.*SHA-256"):
         data.load_mnist("test", data_dir=isolated_data / "local", download=False)
 
 
@@ -111,6 +114,9 @@ def test_mnist_contents():
     assert np.bincount(train.labels).tolist() == MNIST_TRAIN_COUNTS
     assert np.bincount(test.labels).tolist() == MNIST_TEST_COUNTS
     assert train.images.mean() / 255 == pytest.approx(0.13066, abs=1e-5)
+    # the normalisation constants are these statistics, rounded to 4 digits
+    x = train.images.astype(np.float64) / 255
+    assert round(x.mean(), 4) == data.MNIST_MEAN and round(x.std(), 4) == data.MNIST_STD
 
 
 @needs_data
@@ -222,3 +228,21 @@ def test_house_prices_well_posed_setup():
         lam = np.linalg.eigvalsh(K.numpy())
         assert shifted == pytest.approx((lam[-1] + 1e-6) / (lam[0] + 1e-6), rel=1e-9)
         assert abs(shifted - pinv) / pinv <= 1e-6 / lam[0] * 1.01 and abs(shifted - pinv) / pinv < 1e-5
+
+
+def test_every_public_function_names_an_existing_chapter_label():
+    import inspect
+    import re
+    from pathlib import Path
+
+    from immulib import house_prices, images
+
+    book = Path(__file__).resolve().parent.parent / "book"
+    labels = set(re.findall(r"^\(([\w-]+)\)=", "\n".join(p.read_text() for p in book.glob("*.md")), re.M))
+    for module in (house_prices, images):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)) or obj.__module__ != module.__name__:
+                continue
+            found = re.findall(r"\{ref\}`([\w-]+)`", obj.__doc__ or "")
+            assert found and set(found) <= labels, f"{module.__name__}.{name}: {found} vs the book's labels"

@@ -92,5 +92,5 @@ def test_bad_arguments():
         descent.gd_errors(np.array([[1.0, 1.0], [0.0, 1.0]]), np.ones(2), 3)
     with pytest.raises(ValueError, match="kappa"):
         descent.rate_bound(0.5, 3)
-    with pytest.raises(ValueError, match="steps"):
+    with pytest.raises(TypeError, match="steps must be an int"):
         descent.rate_bound(2.0, 1.5)

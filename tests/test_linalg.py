@@ -146,3 +146,22 @@ def test_probe_hessian_errors():
         linalg.probe_hessian(np.eye(2), np.array([[1.0, 1.0], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="K must be square"):
         linalg.probe_hessian(np.eye(2), np.ones((2, 3)))
+
+
+def test_every_public_function_names_an_existing_chapter_label():
+    import inspect
+    import re
+    from pathlib import Path
+
+    from immulib import descent, metrics, regularizers
+
+    book = Path(__file__).resolve().parent.parent / "book"
+    labels = set(re.findall(r"^\(([\w-]+)\)=", "\n".join(p.read_text() for p in book.glob("*.md")), re.M))
+    for module in (linalg, descent, regularizers, metrics):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)) or obj.__module__ != module.__name__:
+                continue
+            found = re.findall(r"\{ref\}`([\w-]+)`", obj.__doc__ or "")
+            assert found, f"{module.__name__}.{name}: no chapter label in its docstring"
+            assert set(found) <= labels, f"{module.__name__}.{name}: unknown label(s) {set(found) - labels}"
