@@ -75,7 +75,7 @@ def run_seeds(prob: Problem, entry: str, knobs: dict, *, seeds, init: str = "ide
 
 def tune(prob: Problem, entry: str, score: Callable[[torch.Tensor], dict], *, steps: int = 400,
          grid: list[dict] | None = None, seed: int = 0, tol: float = 1e-6) -> tuple[dict, list[dict]]:
-    """Run every setting of ``grid`` (default :data:`GRIDS`\ [entry]) for ``steps`` steps from the
+    """Run every setting of ``grid`` (default ``GRIDS[entry]``) for ``steps`` steps from the
     identity start of ``seed``, score each θ with ``score`` (a dict with ``i`` and ``ii``, measured
     on the training rows) and keep the one :func:`criterion` ranks first. A setting that diverges
     is kept in the list with ``diverged=True`` and never chosen. Returns (chosen knobs, rows)."""
