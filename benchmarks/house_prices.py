@@ -4,15 +4,15 @@ Both compute the same θ-direction of Algorithm 1 on House Prices (well-posed se
 
 * closed form (immulib): ∇_θL + 2θ(λ_P G_well + λ_H G_ill), G from one eigendecomposition each,
   K⁻¹ never formed (:func:`immulib.immunize.algorithm1_direction`);
-* baseline: R_well and R_ill written with ``torch.linalg.eigvalsh``, differentiated by autograd,
-  then preconditioned with ``torch.linalg.solve(K, ·)``.
+* baseline: R_well and R_ill of :mod:`immulib.reference` (``torch.linalg.eigvalsh``, differentiated
+  by autograd), then preconditioned with ``torch.linalg.solve(K, ·)``.
 
 Prints the median time per direction of each (several repeats, same process), their agreement,
 and on the last line the headline: the speed-up ratio baseline / closed form. ``--quick`` runs
 fewer repeats (< 1 min on 2 CPU cores). Also reports Algorithm 1's full run (RIR, seconds).
 Needs the House Prices data (``IMMULIB_DATA`` or the cache); falls back to random data.
 
-    python benchmarks/house_prices.py [--quick]
+    python -m benchmarks.house_prices [--quick]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from immulib import immunize as im
-from immulib import linalg, metrics
+from immulib import linalg, metrics, reference
 
 
 def load():
@@ -45,20 +45,11 @@ def autograd_direction(XP, yP, XH, theta, omega, lam_P, lam_H):
     """The same direction, by autograd through eigvalsh and an explicit K⁻¹ solve."""
     KP, KH = XP.T @ XP, XH.T @ XH
     th = theta.clone().requires_grad_(True)
-
-    def r_well(H):
-        lam = torch.linalg.eigvalsh(H)
-        return lam[-1] ** 2 / 2 - (H * H).sum() / (2 * H.shape[0])
-
-    def r_ill(H):
-        lam = torch.linalg.eigvalsh(H)
-        k = H.shape[0]
-        return 1 / ((H * H).sum() / (2 * k) - lam[0] ** 2 / 2)
-
     sup = ((XP @ th @ omega - yP) ** 2).mean()
     (g_sup,) = torch.autograd.grad(sup, th)
-    (g_well,) = torch.autograd.grad(r_well(th.T @ KP @ th), th)
-    (g_ill,) = torch.autograd.grad(r_ill(th.T @ KH @ th), th)
+    (g_well,) = torch.autograd.grad(reference.r_well_eigh(th.T @ KP @ th), th)
+    H_H = th.T @ KH @ th
+    (g_ill,) = torch.autograd.grad(reference.r_ill_eigh(H_H, k=H_H.shape[0]), th)
     return g_sup + lam_P * torch.linalg.solve(KP, g_well) + lam_H * torch.linalg.solve(KH, g_ill)
 
 
