@@ -29,7 +29,9 @@ def _square(S) -> torch.Tensor:
     S = as_float64(S, "S", ndim=2)
     if S.shape[0] != S.shape[1]:
         raise ValueError(f"S must be square, got shape {tuple(S.shape)}")
-    return (S + S.mT) / 2  # the gradient is then that of a function of symmetric matrices
+    return (
+        S + S.mT
+    ) / 2  # the gradient is then that of a function of symmetric matrices
 
 
 def r_ill_eigh(S, *, k: int | None = None) -> torch.Tensor:

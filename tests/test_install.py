@@ -15,7 +15,7 @@ def test_cpu_machine_without_torch_gets_the_cpu_pin(tmp_path, monkeypatch):
     monkeypatch.setattr(install, "nvidia_gpu_present", lambda: False)
     path, why = install.choose_constraints(tmp_path)
     assert path == install.CPU_CONSTRAINTS and "no GPU" in why
-    pins = [l for l in path.read_text().splitlines() if l and not l.startswith("#")]
+    pins = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
     assert pins == ["torch==2.13.0"]
 
 

@@ -23,7 +23,9 @@ def test_values_are_the_formulas_on_the_spectrum():
         k = int(rng.integers(2, n + 1))
         S, sigma = _psd(rng, n, k)
         g = (sigma**2).sum() / (2 * k) - sigma[-1] ** 2 / 2
-        assert float(r_ill_eigh(S)) == pytest.approx(1 / g, rel=1e-10)  # k = numerical rank
+        assert float(r_ill_eigh(S)) == pytest.approx(
+            1 / g, rel=1e-10
+        )  # k = numerical rank
         assert float(r_ill_eigh(S, k=k)) == pytest.approx(1 / g, rel=1e-10)
         well = sigma[0] ** 2 / 2 - (sigma**2).sum() / (2 * n)
         assert float(r_well_eigh(S)) == pytest.approx(well, rel=1e-10, abs=1e-12)
@@ -33,10 +35,14 @@ def test_gradients_match_finite_differences_in_float64():
     rng = np.random.default_rng(1)
     for case in range(20):
         n = int(rng.integers(2, 7))
-        k = n if case % 2 else int(rng.integers(2, n + 1))  # full rank and rank-deficient
+        k = (
+            n if case % 2 else int(rng.integers(2, n + 1))
+        )  # full rank and rank-deficient
         S, _ = _psd(rng, n, k)
         S = torch.from_numpy(S).requires_grad_(True)
-        assert torch.autograd.gradcheck(lambda A: r_ill_eigh(A, k=k), (S,), eps=1e-6, atol=1e-6)
+        assert torch.autograd.gradcheck(
+            lambda A: r_ill_eigh(A, k=k), (S,), eps=1e-6, atol=1e-6
+        )
         assert torch.autograd.gradcheck(r_well_eigh, (S,), eps=1e-6, atol=1e-6)
 
 
