@@ -3,11 +3,8 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from tools import install  # noqa: E402
+from tools import install
 
 
 def test_cpu_machine_without_torch_gets_the_cpu_pin(tmp_path, monkeypatch):
@@ -48,10 +45,13 @@ def test_shim_is_written_only_for_the_torchvision_ops_error(tmp_path, monkeypatc
     assert (tmp_path / f"{install.SHIM_MODULE}.pth").read_text() == f"import {install.SHIM_MODULE}\n"
     # in a fresh interpreter (so this process keeps its own torchvision state)
     check = (
-        f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import {install.SHIM_MODULE};"
+        f"import sys, {install.SHIM_MODULE};"
         "print(sorted(n for n in sys.modules if n.startswith('torchvision._')))"
     )
-    out = subprocess.run([sys.executable, "-S", "-c", check], capture_output=True, text=True).stdout
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))  # -S: no site-packages, only the shim
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", check], capture_output=True, text=True, env=env
+    ).stdout
     assert "torchvision._autograd_registrations" in out and "torchvision._meta_registrations" in out
 
 
