@@ -20,7 +20,6 @@ Nothing is downloaded or computed at import time.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import pkgutil
 
 __version__ = "0.1.0"
@@ -51,7 +50,7 @@ def _immunize():
     cannot share a name, and ``from immulib import immunize`` must keep meaning the module
     until the rename.
     """
-    if importlib.util.find_spec(f"{__name__}.linear") is not None:
+    if "linear" in _MODULES:
         return importlib.import_module(f"{__name__}.linear").immunize
     return importlib.import_module(f"{__name__}.immunize")
 
