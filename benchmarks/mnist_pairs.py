@@ -15,7 +15,7 @@ path (not with ``--quick``), and on the last line the headline: the speed-up bas
 ``--quick`` uses 2 pairs, 20 steps and 3 repeats (< 1 min on 2 CPU cores). Needs MNIST
 (``IMMULIB_DATA`` or the cache).
 
-    python benchmarks/mnist_pairs.py [--quick] [--device cuda]
+    python -m benchmarks.mnist_pairs [--quick] [--device cuda]
 """
 
 from __future__ import annotations

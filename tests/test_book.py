@@ -28,6 +28,48 @@ NOTEBOOKS = [p for p in CHAPTERS if is_notebook(p)]
 EXERCISE_CHAPTERS = exercise_chapters()  # all notebooks but the Appendices part
 
 
+# The long pole first: the build runs while the other worker takes the unit tests.
+
+
+@pytest.fixture(scope="session")
+def built_book():
+    """The strict build of the whole book into _build/ (``make book``'s folder), done once."""
+    book.build_dir().mkdir(exist_ok=True)
+    with FileLock(
+        str(book.build_dir() / ".build.lock")
+    ):  # one build at a time, across workers
+        proc = book.build(capture=True)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    return book.build_dir() / "html"
+
+
+@pytest.mark.slow
+def test_strict_book_build(built_book):
+    """The whole book, every chapter executed, with Sphinx warnings as errors."""
+    for path in CHAPTERS:
+        page = built_book / path.relative_to(ROOT).with_suffix(".html")
+        assert page.is_file(), f"{page} was not built"
+    assert any((built_book / "_images").glob("*.png")), "no figure was rendered"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_was_executed_without_an_error(path, built_book):
+    """What nbval checked before, read from the build's execution of the chapter."""
+    nb = book.executed_chapter(path)
+    assert nb is not None, (
+        f"the build left no execution of {path.name}'s current code in the cache"
+    )
+    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    assert code and all(c.get("execution_count") for c in code), (
+        "a code cell was not executed"
+    )
+    errors = [
+        c.source[:80] for c in code if any(o.output_type == "error" for o in c.outputs)
+    ]
+    assert not errors, f"cells that raised: {errors}"
+
+
 def test_every_toc_entry_exists_and_is_a_numbered_chapter_in_book():
     assert CHAPTERS, "the table of contents lists no chapter"
     for path in CHAPTERS:
@@ -163,45 +205,6 @@ def test_the_cache_is_emptied_when_the_library_changes(tmp_path, monkeypatch):
     )
     (root / "immulib" / "linalg.py").write_text("x = 2\n")
     assert book.refresh_cache(out, root) is True and not book.cache_dir(out).exists()
-
-
-@pytest.fixture(scope="session")
-def built_book():
-    """The strict build of the whole book into _build/ (``make book``'s folder), done once."""
-    book.build_dir().mkdir(exist_ok=True)
-    with FileLock(
-        str(book.build_dir() / ".build.lock")
-    ):  # one build at a time, across workers
-        proc = book.build(capture=True)
-    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
-    return book.build_dir() / "html"
-
-
-@pytest.mark.slow
-def test_strict_book_build(built_book):
-    """The whole book, every chapter executed, with Sphinx warnings as errors."""
-    for path in CHAPTERS:
-        page = built_book / path.relative_to(ROOT).with_suffix(".html")
-        assert page.is_file(), f"{page} was not built"
-    assert any((built_book / "_images").glob("*.png")), "no figure was rendered"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_chapter_was_executed_without_an_error(path, built_book):
-    """What nbval checked before, read from the build's execution of the chapter."""
-    nb = book.executed_chapter(path)
-    assert nb is not None, (
-        f"the build left no execution of {path.name}'s current code in the cache"
-    )
-    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
-    assert code and all(c.get("execution_count") for c in code), (
-        "a code cell was not executed"
-    )
-    errors = [
-        c.source[:80] for c in code if any(o.output_type == "error" for o in c.outputs)
-    ]
-    assert not errors, f"cells that raised: {errors}"
 
 
 def test_set_repository_rejects_a_non_github_url():

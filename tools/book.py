@@ -25,7 +25,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILD_FLAGS = ["--builder", "html", "-W", "-n", "--keep-going"]
+#: Strict (-W -n: warnings are errors), every warning reported (--keep-going), and every page
+#: read again (--all: Sphinx's saved environment would otherwise skip unchanged pages, and a
+#: warning of the last, failed build would not be raised again). Executions still come from
+#: the cache, so re-reading costs seconds per chapter, not its run time.
+BUILD_FLAGS = ["--builder", "html", "-W", "-n", "--keep-going", "--all"]
 #: What the chapters' results depend on besides their own code cells.
 FINGERPRINTED = ["immulib", "_config.yml", "_toc.yml", "requirements.txt", "book/data"]
 
