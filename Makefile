@@ -1,8 +1,7 @@
-# The two commands of the README:
-#   make book   build the HTML book, executing every chapter (strict: warnings and failing cells fail)
-#   make test   the whole test suite: unit tests, nbval on every chapter, the papermill rerun,
-#               and a strict book build
-# Both create .venv if it is missing and install everything into it (tools/install.py).
+# `make help` lists the targets. The two commands of the README are `make book` and `make test`;
+# `make check` is the quick one to run before every commit.
+# Every target creates .venv if it is missing and installs everything into it (tools/install.py).
+# Times: measured on the project's 2-core machine (CONTRIBUTING.md, "How long things take").
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -15,31 +14,53 @@ ifneq ($(wildcard $(SHARED_DATA)/.),)
 export IMMULIB_DATA ?= $(SHARED_DATA)
 endif
 
-.PHONY: install book test clean
+# The library draws no progress bars in the book and the tests (immulib honours TQDM_DISABLE).
+export TQDM_DISABLE := 1
+export HF_HUB_OFFLINE := 1
+# Two pytest-xdist workers share the machine's cores, so each (and every kernel it starts) runs
+# single-threaded BLAS/torch: oversubscribed threads make small matrix ops many times slower.
+SINGLE_THREAD := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+PYTEST := $(SINGLE_THREAD) $(PY) -m pytest -n 2 --dist loadfile
 
-install: $(STAMP)
+.DEFAULT_GOAL := help
+.PHONY: help install check lint test book chapter student colab clean
+
+help: ## this list
+	@echo "make TARGET   (times measured on 2 CPU cores; see CONTRIBUTING.md)"
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  \1\t/' | expand -t 12
+
+install: $(STAMP) ## create .venv and install immulib, the book and the test tools (~5 min once)
 
 $(STAMP): requirements.txt pyproject.toml constraints/cpu.txt tools/install.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) tools/install.py
+	$(PY) -m tools.install
 	touch $@
 
-book: $(STAMP)
-	$(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going
-	@echo "The book is at _build/html/index.html"
+lint: $(STAMP) ## ruff check and ruff format --check (~1 s)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
-# Two pytest-xdist workers share the machine's cores, so each (and every kernel it starts) runs
-# single-threaded BLAS/torch: oversubscribed threads make small matrix ops many times slower.
-test: $(STAMP)
-	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(PY) -m pytest tests book --nbval-lax --nbval-current-env -n 2 --dist loadfile --durations=15
+check: lint ## lint plus the fast tests, no chapter executed (~40 s)
+	$(PYTEST) tests -m "not slow" -q
+
+# Each chapter is executed once, by the strict book build inside tests/test_book.py (execution
+# cache in _build/.jupyter_cache); nbval's and the student notebooks' checks read that execution.
+test: $(STAMP) ## everything CI runs: unit tests, one strict build executing each chapter, the papermill rerun (~7 min; ~1.5 min with the execution cache warm)
+	$(PYTEST) tests --durations=15
+
+book: $(STAMP) ## build the HTML book into _build/html, strict; reuses the executions of make test (~6 min cold, ~1 min warm)
+	$(PY) -m tools.book
+
+chapter: $(STAMP) ## run one chapter in place under nbval: make chapter CHAPTER=book/05_house_prices.md
+	@test -n "$(CHAPTER)" || { echo "usage: make chapter CHAPTER=book/NN_name.md"; exit 2; }
+	$(SINGLE_THREAD) $(PY) -m pytest $(CHAPTER) --nbval-lax --nbval-current-env -p no:xdist -q
 
 # Student notebooks (solutions replaced by stubs) and the Colab notebooks (README: publishing).
-.PHONY: student colab
-student: $(STAMP)
-	rm -rf _build/student && $(PY) tools/student.py _build/student
+student: $(STAMP) ## write the student notebooks into _build/student (~5 s)
+	rm -rf _build/student && $(PY) -m tools.student _build/student
 
-colab: $(STAMP)
-	rm -rf colab && $(PY) tools/colab.py colab
+colab: $(STAMP) ## regenerate the Colab notebooks in colab/ (~5 s)
+	rm -rf colab && $(PY) -m tools.colab colab
 
-clean:
+clean: ## remove _build (the book and its execution cache) and the pytest cache
 	rm -rf _build .pytest_cache

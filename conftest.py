@@ -2,10 +2,12 @@
 
 - Points ``IMMULIB_DATA`` at ``../shared/data`` when that folder exists and the variable is unset
   (the project's development data; immulib itself knows nothing about it).
-- Sets ``HF_HUB_OFFLINE=1`` so that timm never waits on the network in tests.
-- Lets nbval collect the book's chapters in place: every notebook listed in ``_toc.yml`` is a
-  jupytext MyST ``.md`` file, which nbval cannot read, so its reader is given jupytext's
-  (conversion in memory, nothing written next to the chapters).
+- Sets ``HF_HUB_OFFLINE=1`` so that timm never waits on the network in tests, and
+  ``TQDM_DISABLE=1`` so that the library draws no progress bars (as in the book build).
+- Lets nbval collect the book's chapters in place, for ``make chapter CHAPTER=book/NN_name.md``
+  (``make test`` checks the chapters from the strict build's execution instead): every
+  notebook listed in ``_toc.yml`` is a jupytext MyST ``.md`` file, which nbval cannot read, so
+  its reader is given jupytext's (conversion in memory, nothing written next to the chapters).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 if SHARED_DATA.is_dir():
     os.environ.setdefault("IMMULIB_DATA", str(SHARED_DATA))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def _install_myst_reader() -> None:
@@ -45,9 +48,13 @@ def _install_myst_reader() -> None:
 
 def pytest_collect_file(file_path: Path, parent):
     opt = parent.config.option
-    if file_path.suffix != ".md" or not (getattr(opt, "nbval", False) or getattr(opt, "nbval_lax", False)):
+    if file_path.suffix != ".md" or not (
+        getattr(opt, "nbval", False) or getattr(opt, "nbval_lax", False)
+    ):
         return None
-    if file_path.resolve() not in {p.resolve() for p in toc_chapters()} or not is_notebook(file_path):
+    if file_path.resolve() not in {
+        p.resolve() for p in toc_chapters()
+    } or not is_notebook(file_path):
         return None
     from nbval.plugin import IPyNbFile
 

@@ -1,34 +1,62 @@
 """immulib: the library of the executable textbook on model immunization.
 
-Companion code to *Model Immunization from a Condition Number Perspective* (Zheng, Bai, Bullins,
-Yeh; ICML 2025). Each module computes one thing and names the chapter that derives it:
+Companion code to *Model Immunization from a Condition Number Perspective* (Zheng, Bai,
+Bullins, Yeh; ICML 2025). Each module computes one thing and names the chapter that derives
+it; CONTRIBUTING.md has the module map.
 
-- :mod:`immulib.linalg`: condition numbers (both conventions), numerical rank, Gram matrices,
-  the probe Hessian θᵀKθ.
-- :mod:`immulib.data`: House Prices, MNIST, Fashion-MNIST and the 8×8 digits, with one
-  resolution order for files (argument → ``IMMULIB_DATA`` → cache → download).
-- :mod:`immulib.descent`: gradient descent on quadratics and its convergence bound (Eq. (2)).
-- :mod:`immulib.regularizers`: R_ill and R_well with closed-form gradients, Theorems 4.1–4.3.
-- :mod:`immulib.immunize`: Algorithm 1, the baselines (R_ill Only, IMMA, Opt κ) and the authors'
-  released variant.
-- :mod:`immulib.metrics`: the relative immunization ratio (Eq. (15), (17)) and the norm ratio (Eq. (16)).
-- :mod:`immulib.deep`: immunizing the last block of timm ResNets and ViTs; :mod:`immulib.deep_ddp`
-  runs it under ``torchrun``.
-- :mod:`immulib.rerun`: rerun a chapter with other parameters (jupytext + papermill).
+The main names are importable from the package itself::
 
+    import immulib
+
+    result = immulib.immunize(XP, yP, XH)              # Algorithm 1
+    immulib.rir(XP, XH, result.theta)                  # relative immunization ratio
+    immulib.condition_number(immulib.gram(XP))         # κ of a Gram matrix
+
+They and the modules (``immulib.linalg``, ``immulib.regularizers``, ...) are loaded on first
+use (PEP 562), so ``import immulib`` is cheap: it imports neither torch nor any submodule.
 Nothing is downloaded or computed at import time.
 """
 
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
 __version__ = "0.1.0"
 
-_TOP_LEVEL = {"immunize": ("linear", "immunize"), "rir": ("metrics", "rir"),
-              "condition_number": ("linalg", "condition_number")}
+#: Top-level name -> (module, attribute) it comes from, loaded on first access.
+_NAMES = {
+    "immunize": ("linear", "immunize"),
+    "condition_number": ("linalg", "condition_number"),
+    "gram": ("linalg", "gram"),
+    "probe_hessian": ("linalg", "probe_hessian"),
+    "r_ill": ("regularizers", "r_ill"),
+    "r_well": ("regularizers", "r_well"),
+    "rir": ("metrics", "rir"),
+    "RIR": ("metrics", "RIR"),
+    "ImmunizationResult": ("results", "ImmunizationResult"),
+}
+
+#: The public submodules (every ``immulib/NAME.py`` whose name has no leading underscore).
+_MODULES = sorted(
+    m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")
+)
 
 
-def __getattr__(name):  # PEP 562: the main names, imported on first use
-    if name in _TOP_LEVEL:
-        import importlib
+def __getattr__(name: str):
+    if name in _NAMES:
+        module, attribute = _NAMES[name]
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+    elif name in _MODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
 
-        module, attr = _TOP_LEVEL[name]
-        return getattr(importlib.import_module(f".{module}", __name__), attr)
-    raise AttributeError(f"module 'immulib' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+__all__ = sorted({*_NAMES, *_MODULES})

@@ -1,6 +1,11 @@
-"""The book: conventions every chapter follows, and a strict build that fails on any warning."""
+"""The book: conventions every chapter follows, and one strict build that executes each chapter once.
 
-import os
+The strict build (``tools.book``, also behind ``make book``) executes every chapter through
+Jupyter Book's execution cache in ``_build/.jupyter_cache``; the per-chapter tests read the
+executed notebooks back from that cache instead of running them again, and ``make book``
+afterwards reuses them too.
+"""
+
 import re
 import shutil
 import subprocess
@@ -10,18 +15,59 @@ from pathlib import Path
 import jupytext
 import pytest
 import yaml
+from filelock import FileLock
+
+from tools import book
+from tools.chapters import exercise_chapters, is_notebook, toc_chapters
+from tools.set_repository import INSTALL_RE, configured_url
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from tools.chapters import exercise_chapters, is_notebook, toc_chapters  # noqa: E402
-from tools.set_repository import INSTALL_RE, configured_url  # noqa: E402
-
 JB = [str(Path(sys.executable).parent / "jupyter-book")]
-# Kernels draw figures inline as in `make book`, whatever backend this test process was given.
-BOOK_ENV = dict(os.environ, MPLBACKEND="module://matplotlib_inline.backend_inline")
 CHAPTERS = toc_chapters()
 NOTEBOOKS = [p for p in CHAPTERS if is_notebook(p)]
 EXERCISE_CHAPTERS = exercise_chapters()  # all notebooks but the Appendices part
+
+
+# The long pole first: the build runs while the other worker takes the unit tests.
+
+
+@pytest.fixture(scope="session")
+def built_book():
+    """The strict build of the whole book into _build/ (``make book``'s folder), done once."""
+    book.build_dir().mkdir(exist_ok=True)
+    with FileLock(
+        str(book.build_dir() / ".build.lock")
+    ):  # one build at a time, across workers
+        proc = book.build(capture=True)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    return book.build_dir() / "html"
+
+
+@pytest.mark.slow
+def test_strict_book_build(built_book):
+    """The whole book, every chapter executed, with Sphinx warnings as errors."""
+    for path in CHAPTERS:
+        page = built_book / path.relative_to(ROOT).with_suffix(".html")
+        assert page.is_file(), f"{page} was not built"
+    assert any((built_book / "_images").glob("*.png")), "no figure was rendered"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_was_executed_without_an_error(path, built_book):
+    """What nbval checked before, read from the build's execution of the chapter."""
+    nb = book.executed_chapter(path)
+    assert nb is not None, (
+        f"the build left no execution of {path.name}'s current code in the cache"
+    )
+    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    assert code and all(c.get("execution_count") for c in code), (
+        "a code cell was not executed"
+    )
+    errors = [
+        c.source[:80] for c in code if any(o.output_type == "error" for o in c.outputs)
+    ]
+    assert not errors, f"cells that raised: {errors}"
 
 
 def test_every_toc_entry_exists_and_is_a_numbered_chapter_in_book():
@@ -34,25 +80,39 @@ def test_every_toc_entry_exists_and_is_a_numbered_chapter_in_book():
 def test_config_is_strict_and_complete():
     cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
     assert cfg["only_build_toc_files"] is True
-    assert cfg["execute"]["raise_on_error"] is True and cfg["execute"]["allow_errors"] is False
+    assert (
+        cfg["execute"]["raise_on_error"] is True
+        and cfg["execute"]["allow_errors"] is False
+    )
+    assert (
+        cfg["execute"]["execute_notebooks"] == "cache"
+    )  # executed once, reused (tools/book.py)
     assert cfg["execute"]["timeout"] > 0
     for folder in ("immulib", "tests", "_build", ".venv"):
         assert folder in cfg["exclude_patterns"]
-    assert {"sphinx_exercise", "sphinx_proof", "sphinx_togglebutton"} <= set(cfg["sphinx"]["extra_extensions"])
+    assert {"sphinx_exercise", "sphinx_proof", "sphinx_togglebutton"} <= set(
+        cfg["sphinx"]["extra_extensions"]
+    )
     macros = cfg["sphinx"]["config"]["mathjax3_config"]["tex"]["macros"]
     assert {"cond", "Rill", "Rwell", "HP", "HH", "DP", "DH"} <= set(macros)
-    assert cfg["launch_buttons"]["colab_url"].startswith("https://colab.research.google.com")
+    assert cfg["launch_buttons"]["colab_url"].startswith(
+        "https://colab.research.google.com"
+    )
     assert cfg["repository"]["url"].startswith("https://github.com/")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_chapter_follows_the_conventions(path):
     nb = jupytext.read(path)
-    assert nb.metadata["kernelspec"].get("display_name"), "kernelspec needs a display_name"
+    assert nb.metadata["kernelspec"].get("display_name"), (
+        "kernelspec needs a display_name"
+    )
     assert nb.metadata["jupytext"]["text_representation"]["format_name"] == "myst"
     code = [c for c in nb.cells if c.cell_type == "code"]
     first = code[0]
-    assert "google.colab" in first.source and "remove-cell" in first.metadata.get("tags", [])
+    assert "google.colab" in first.source and "remove-cell" in first.metadata.get(
+        "tags", []
+    )
     match = INSTALL_RE.search(first.source)
     assert match and match["url"] == configured_url(ROOT), "run tools/set_repository.py"
     assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
@@ -66,45 +126,85 @@ def test_chapter_follows_the_conventions(path):
 def _mini_book(tmp_path, chapter_text):
     """A one-page book with this project's _config.yml, for checking that the build is strict."""
     shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
-    extensions = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"].get("local_extensions", {})
-    for name, folder in extensions.items():  # the config's local Sphinx extensions come along
+    extensions = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"].get(
+        "local_extensions", {}
+    )
+    for (
+        name,
+        folder,
+    ) in extensions.items():  # the config's local Sphinx extensions come along
         (tmp_path / folder).mkdir(exist_ok=True)
         shutil.copy(ROOT / folder / f"{name}.py", tmp_path / folder)
     (tmp_path / "book").mkdir()
     (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/page\n")
-    header = (NOTEBOOKS[0].read_text().split("---\n")[1])
-    (tmp_path / "book" / "page.md").write_text(f"---\n{header}---\n\n# Page\n\n{chapter_text}\n")
+    header = NOTEBOOKS[0].read_text().split("---\n")[1]
+    (tmp_path / "book" / "page.md").write_text(
+        f"---\n{header}---\n\n# Page\n\n{chapter_text}\n"
+    )
+    return _build_mini(tmp_path)
+
+
+def _build_mini(tmp_path):
     return subprocess.run(
-        JB + ["build", str(tmp_path), "--builder", "html", "-W", "-n", "--keep-going"],
-        capture_output=True, text=True, cwd=tmp_path,
+        JB + ["build", str(tmp_path), *book.BUILD_FLAGS],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=book.book_env(),
     )
 
 
 @pytest.mark.slow
-def test_a_failing_cell_fails_the_build(tmp_path):
-    proc = _mini_book(tmp_path, "```{code-cell} ipython3\nraise RuntimeError('boom')\n```\n")
+def test_a_failing_cell_fails_the_build_every_time(tmp_path):
+    proc = _mini_book(
+        tmp_path, "```{code-cell} ipython3\nraise RuntimeError('boom')\n```\n"
+    )
     assert proc.returncode != 0 and "boom" in proc.stdout + proc.stderr
+    again = _build_mini(tmp_path)  # a failure is not cached as a result
+    assert again.returncode != 0 and "boom" in again.stdout + again.stderr
 
 
 @pytest.mark.slow
 def test_a_broken_reference_fails_the_build(tmp_path):
-    proc = _mini_book(tmp_path, "See {ref}`no-such-label`.\n\n```{code-cell} ipython3\n1 + 1\n```\n")
+    proc = _mini_book(
+        tmp_path, "See {ref}`no-such-label`.\n\n```{code-cell} ipython3\n1 + 1\n```\n"
+    )
     assert proc.returncode != 0 and "no-such-label" in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
-def test_strict_book_build(tmp_path):
-    """The whole book, every chapter executed, with Sphinx warnings as errors."""
-    proc = subprocess.run(
-        JB + ["build", str(ROOT), "--builder", "html", "-W", "-n", "--keep-going", "--path-output", str(tmp_path)],
-        capture_output=True, text=True, cwd=ROOT, env=BOOK_ENV,
+def test_an_unchanged_page_is_executed_once_and_a_changed_one_again(tmp_path):
+    log = tmp_path / "executions.log"
+    cell = f"```{{code-cell}} ipython3\nopen({str(log)!r}, 'a').write('run\\n')\n```\n"
+    for _ in range(2):
+        proc = _mini_book(tmp_path, cell) if not log.exists() else _build_mini(tmp_path)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert log.read_text() == "run\n", (
+        "the second build executed the unchanged page again"
     )
-    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
-    html = tmp_path / "_build" / "html"
-    for path in CHAPTERS:
-        page = html / path.relative_to(ROOT).with_suffix(".html")
-        assert page.is_file(), f"{page} was not built"
-    assert any((html / "_images").glob("*.png")), "no figure was rendered"
+    page = tmp_path / "book" / "page.md"
+    page.write_text(page.read_text().replace("'run", "'rerun"))
+    assert _build_mini(tmp_path).returncode == 0
+    assert log.read_text() == "run\nrerun\n"
+
+
+def test_the_cache_is_emptied_when_the_library_changes(tmp_path, monkeypatch):
+    root, out = tmp_path / "repo", tmp_path / "out"
+    (root / "immulib").mkdir(parents=True)
+    (root / "immulib" / "linalg.py").write_text("x = 1\n")
+    monkeypatch.setattr(book, "FINGERPRINTED", ["immulib"])
+    assert (
+        book.refresh_cache(out, root) is False
+    )  # first build: nothing to compare with
+    book.cache_dir(out).mkdir(parents=True)
+    assert book.refresh_cache(out, root) is False and book.cache_dir(out).is_dir()
+    (root / "immulib" / "__pycache__").mkdir()
+    (root / "immulib" / "__pycache__" / "linalg.pyc").write_bytes(b"compiled")
+    assert book.refresh_cache(out, root) is False, (
+        "bytecode is not the library's source"
+    )
+    (root / "immulib" / "linalg.py").write_text("x = 2\n")
+    assert book.refresh_cache(out, root) is True and not book.cache_dir(out).exists()
 
 
 def test_set_repository_rejects_a_non_github_url():

@@ -57,9 +57,8 @@ def test_failed_download_is_reported(isolated_data, monkeypatch):
         data.load_mnist("test")
 
 
-@needs_data
-def test_download_from_a_mirror_is_verified_and_cached(isolated_data, monkeypatch):
-    mirror = PROJECT_DATA / "mnist"
+def test_download_from_a_mirror_is_verified_and_cached(project_data, isolated_data, monkeypatch):
+    mirror = project_data / "mnist"
     monkeypatch.setitem(data.MIRRORS, "mnist", ("file:///nonexistent/", mirror.as_uri() + "/"))
     test = data.load_mnist("test")
     assert test.images.shape == (10000, 28, 28)
@@ -78,12 +77,11 @@ def test_corrupt_download_is_rejected(isolated_data, monkeypatch):
     assert list((isolated_data / "cache" / "mnist").iterdir()) == []  # no temporary file left
 
 
-@needs_data
-def test_corrupt_local_file_is_an_error_not_a_wrong_number(isolated_data):
+def test_corrupt_local_file_is_an_error_not_a_wrong_number(project_data, isolated_data):
     folder = isolated_data / "local" / "mnist"
     folder.mkdir(parents=True)
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        shutil.copy(PROJECT_DATA / "mnist" / name, folder / name)
+        shutil.copy(project_data / "mnist" / name, folder / name)
     raw = gzip.open(folder / "t10k-labels-idx1-ubyte.gz").read()
     with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as f:
         f.write(raw[:-1] + bytes([(raw[-1] + 1) % 10]))  # one label changed
@@ -107,8 +105,7 @@ def test_bad_arguments():
 # ------------------------------------------------------------------ contents
 
 
-@needs_data
-def test_mnist_contents():
+def test_mnist_contents(project_data):
     train, test = data.load_mnist("train"), data.load_mnist("test")
     assert train.images.shape == (60000, 28, 28) and train.images.dtype == np.uint8
     assert np.bincount(train.labels).tolist() == MNIST_TRAIN_COUNTS
@@ -119,8 +116,7 @@ def test_mnist_contents():
     assert round(x.mean(), 4) == data.MNIST_MEAN and round(x.std(), 4) == data.MNIST_STD
 
 
-@needs_data
-def test_fashion_mnist_contents():
+def test_fashion_mnist_contents(project_data):
     train, test = data.load_fashion_mnist("train"), data.load_fashion_mnist("test")
     assert train.images.shape == (60000, 28, 28) and test.images.shape == (10000, 28, 28)
     assert np.bincount(train.labels).tolist() == [6000] * 10
@@ -147,9 +143,8 @@ def test_digits_8x8_and_digit_pair():
         data.digit_pair(digits.images, 3, 8)
 
 
-@needs_data
-def test_house_price_split_reproduces_the_authors_files():
-    root = PROJECT_DATA / "house_price"
+def test_house_price_split_reproduces_the_authors_files(project_data):
+    root = project_data / "house_price"
     d1, d2 = data.house_price_split(pd.read_csv(root / "train.csv"))
     pd.testing.assert_frame_equal(d1, pd.read_csv(root / "D1.csv"), check_dtype=False)
     pd.testing.assert_frame_equal(d2, pd.read_csv(root / "D2.csv"), check_dtype=False)
@@ -173,14 +168,13 @@ def _authors_reference(frame, label):
     return X, y
 
 
-@needs_data
-def test_house_prices_authors_preprocessing():
+def test_house_prices_authors_preprocessing(project_data):
     hp = data.load_house_prices()
     assert hp.XP.shape == hp.XH.shape == (200, 79) and hp.XP_val.shape == (100, 79)
     assert hp.XP.dtype == np.float64 and len(hp.feature_names) == 79
     assert "Id" in hp.feature_names and "MSZoning" in hp.feature_names
     assert "LotArea" not in hp.feature_names and "SalePrice" not in hp.feature_names
-    root = PROJECT_DATA / "house_price"
+    root = project_data / "house_price"
     XP, yP = _authors_reference(pd.read_csv(root / "D1.csv"), "LotArea")
     XH, yH = _authors_reference(pd.read_csv(root / "D2.csv"), "SalePrice")
     np.testing.assert_allclose(hp.XP, XP[:200], atol=1e-12)
@@ -207,12 +201,11 @@ def test_well_posed_columns_rule_on_synthetic_data():
         data.well_posed_columns(X, Y[:, :3])
 
 
-@needs_data
-def test_house_prices_well_posed_setup():
+def test_house_prices_well_posed_setup(project_data):
     from immulib import linalg
 
-    authors = data.load_house_prices(setup="authors", data_dir=PROJECT_DATA)
-    wp = data.load_house_prices(setup="well_posed", data_dir=PROJECT_DATA)
+    authors = data.load_house_prices(setup="authors", data_dir=project_data)
+    wp = data.load_house_prices(setup="well_posed", data_dir=project_data)
     removed = [n for n in authors.feature_names if n not in wp.feature_names]
     assert {"TotalBsmtSF", "GrLivArea", "MSZoning", "Utilities", "PoolQC"} <= set(removed)
     keep = [authors.feature_names.index(n) for n in wp.feature_names]

@@ -3,11 +3,8 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from tools import install  # noqa: E402
+from tools import install
 
 
 def test_cpu_machine_without_torch_gets_the_cpu_pin(tmp_path, monkeypatch):
@@ -15,11 +12,17 @@ def test_cpu_machine_without_torch_gets_the_cpu_pin(tmp_path, monkeypatch):
     monkeypatch.setattr(install, "nvidia_gpu_present", lambda: False)
     path, why = install.choose_constraints(tmp_path)
     assert path == install.CPU_CONSTRAINTS and "no GPU" in why
-    pins = [l for l in path.read_text().splitlines() if l and not l.startswith("#")]
+    pins = [
+        line
+        for line in path.read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     assert pins == ["torch==2.13.0"]
 
 
-def test_gpu_machine_or_installed_torch_gets_no_machine_specific_pin(tmp_path, monkeypatch):
+def test_gpu_machine_or_installed_torch_gets_no_machine_specific_pin(
+    tmp_path, monkeypatch
+):
     monkeypatch.setattr(install, "installed_version", lambda dist: None)
     monkeypatch.setattr(install, "nvidia_gpu_present", lambda: True)
     path, _ = install.choose_constraints(tmp_path)
@@ -45,14 +48,24 @@ def test_shim_is_written_only_for_the_torchvision_ops_error(tmp_path, monkeypatc
     errors = iter(["RuntimeError: operator torchvision::nms does not exist", None])
     monkeypatch.setattr(install, "timm_import_error", lambda: next(errors))
     install.ensure_timm_importable(site=tmp_path)
-    assert (tmp_path / f"{install.SHIM_MODULE}.pth").read_text() == f"import {install.SHIM_MODULE}\n"
+    assert (
+        tmp_path / f"{install.SHIM_MODULE}.pth"
+    ).read_text() == f"import {install.SHIM_MODULE}\n"
     # in a fresh interpreter (so this process keeps its own torchvision state)
     check = (
-        f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import {install.SHIM_MODULE};"
+        f"import sys, {install.SHIM_MODULE};"
         "print(sorted(n for n in sys.modules if n.startswith('torchvision._')))"
     )
-    out = subprocess.run([sys.executable, "-S", "-c", check], capture_output=True, text=True).stdout
-    assert "torchvision._autograd_registrations" in out and "torchvision._meta_registrations" in out
+    env = dict(
+        os.environ, PYTHONPATH=str(tmp_path)
+    )  # -S: no site-packages, only the shim
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", check], capture_output=True, text=True, env=env
+    ).stdout
+    assert (
+        "torchvision._autograd_registrations" in out
+        and "torchvision._meta_registrations" in out
+    )
 
 
 def test_timm_builds_and_runs_a_small_model_offline():
@@ -61,6 +74,8 @@ def test_timm_builds_and_runs_a_small_model_offline():
         "print(tuple(m(torch.zeros(1, 3, 32, 32)).shape))"
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "(1, 3)"

@@ -1,9 +1,10 @@
 """Install immulib, the book's tool chain and the test tools into the running Python environment.
 
-Run by ``make book`` and ``make test`` with the virtual environment's interpreter
-(``.venv/bin/python tools/install.py``). It does three things:
+Run by every ``make`` target with the virtual environment's interpreter
+(``.venv/bin/python -m tools.install``). It does three things:
 
-1. **One pip call** for ``requirements.txt`` and ``immulib`` itself (editable), so that pip
+1. **One pip call** for ``requirements.txt`` and ``immulib`` itself (editable, with its ``dev``
+   extra: ruff, for ``make check``), so that pip
    resolves torch, torchvision (pulled in by timm) and everything else together.
 2. **Torch stays CPU-only where it should.** A plain ``pip install torch`` (or installing timm,
    which needs torchvision, in a later call) pulls the newest CUDA build from PyPI: several GB,
@@ -67,7 +68,7 @@ def installed_version(dist: str) -> str | None:
 
 def pip_command(constraints: Path) -> list[str]:
     cmd = [sys.executable, "-m", "pip", "install", "--upgrade-strategy", "only-if-needed"]
-    cmd += ["-r", str(ROOT / "requirements.txt"), "-c", str(constraints), "-e", str(ROOT)]
+    cmd += ["-r", str(ROOT / "requirements.txt"), "-c", str(constraints), "-e", f"{ROOT}[dev]"]
     if os.environ.get("TORCH_INDEX_URL"):
         cmd += ["--extra-index-url", os.environ["TORCH_INDEX_URL"]]
     return cmd

@@ -1,0 +1,1 @@
+"""Speed comparisons: ``python -m benchmarks.NAME [--quick]`` (CONTRIBUTING.md, "a benchmark")."""

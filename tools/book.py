@@ -1,0 +1,120 @@
+"""Build the book once and reuse that execution: ``python -m tools.book``.
+
+Every chapter is executed by one strict Jupyter Book build (``-W -n --keep-going``: Sphinx
+warnings are errors; ``_config.yml`` makes a failing cell fail the build) with myst-nb's
+execution cache (``execute_notebooks: cache``), kept in ``_build/.jupyter_cache``. The cache
+key of a chapter is the source of its code cells, so an unchanged chapter is not executed
+again: ``make book`` after ``make test`` (or a second ``make test``) only re-renders.
+
+The cache knows nothing about the library the chapters import, so :func:`refresh_cache`
+empties it whenever ``immulib/``, the configuration, the requirements or ``book/data`` change
+(a fingerprint of their contents is stored beside the cache). A fresh checkout (CI) has no
+cache and executes everything.
+
+The tests read the executed chapters back from the cache (:func:`executed_chapter`) instead
+of executing them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Strict (-W -n: warnings are errors), every warning reported (--keep-going), and every page
+#: read again (--all: Sphinx's saved environment would otherwise skip unchanged pages, and a
+#: warning of the last, failed build would not be raised again). Executions still come from
+#: the cache, so re-reading costs seconds per chapter, not its run time.
+BUILD_FLAGS = ["--builder", "html", "-W", "-n", "--keep-going", "--all"]
+#: What the chapters' results depend on besides their own code cells.
+FINGERPRINTED = ["immulib", "_config.yml", "_toc.yml", "requirements.txt", "book/data"]
+
+
+def build_dir(out: Path = ROOT) -> Path:
+    return Path(out) / "_build"
+
+
+def cache_dir(out: Path = ROOT) -> Path:
+    """Where Jupyter Book keeps the executed notebooks (its default, under the build folder)."""
+    return build_dir(out) / ".jupyter_cache"
+
+
+def book_env() -> dict[str, str]:
+    """The build's environment: no progress bars, figures drawn inline as on the web page."""
+    return dict(
+        os.environ,
+        TQDM_DISABLE="1",
+        MPLBACKEND="module://matplotlib_inline.backend_inline",
+    )
+
+
+def fingerprint(root: Path = ROOT) -> str:
+    """A hash of the contents of :data:`FINGERPRINTED` (``__pycache__`` left out)."""
+    digest = hashlib.sha256()
+    for name in FINGERPRINTED:
+        base = Path(root) / name
+        files = [base] if base.is_file() else sorted(base.rglob("*"))
+        for path in files:
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(root)).encode() + b"\0")
+                digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def refresh_cache(out: Path = ROOT, root: Path = ROOT) -> bool:
+    """Empty the execution cache if the library or the configuration changed since it was
+    filled; return whether it was emptied. The new fingerprint is written either way."""
+    stamp = build_dir(out) / ".jupyter_cache.fingerprint"
+    now = fingerprint(root)
+    stale = stamp.is_file() and stamp.read_text() != now
+    if stale or not stamp.is_file():
+        shutil.rmtree(cache_dir(out), ignore_errors=True)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(now)
+    return stale
+
+
+def build(out: Path = ROOT, *, capture: bool = False) -> subprocess.CompletedProcess:
+    """The strict build of the book into ``out/_build/html``, reusing the execution cache."""
+    refresh_cache(out)
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(jupyter_book), "build", str(ROOT), *BUILD_FLAGS]
+    if Path(out).resolve() != ROOT:
+        cmd += ["--path-output", str(out)]
+    return subprocess.run(
+        cmd, cwd=ROOT, env=book_env(), capture_output=capture, text=True, check=False
+    )
+
+
+def executed_chapter(chapter: Path, out: Path = ROOT):
+    """The chapter as the last build executed it, or None when the cache holds no execution
+    of its current code (not built yet, changed since, or its execution failed)."""
+    from jupyter_cache import get_cache
+
+    if not cache_dir(out).is_dir():
+        return None
+    cache = get_cache(str(cache_dir(out)))
+    uri = str(Path(chapter).resolve())
+    try:
+        record = cache.get_cached_project_nb(uri)
+    except (KeyError, OSError):
+        return None
+    return None if record is None else cache.get_cache_bundle(record.pk).nb
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        sys.exit("usage: python -m tools.book   (builds the book into _build/html)")
+    proc = build()
+    if proc.returncode == 0:
+        print(f"The book is at {build_dir() / 'html' / 'index.html'}")
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
