@@ -14,7 +14,6 @@ import threading
 import time
 
 import pytest
-from helpers import PROJECT_DATA, needs_data
 
 from immulib import data, files, house_prices
 
@@ -59,8 +58,8 @@ def _house_dir(tmp_path, text: str):
     return tmp_path / "local"
 
 
-def _real_train_text():
-    return (PROJECT_DATA / "house_price" / TRAIN).read_text()
+def _real_train_text(project_data):
+    return (project_data / "house_price" / TRAIN).read_text()
 
 
 # ------------------------------------------------------------------ damaged House Prices files
@@ -74,7 +73,6 @@ def _edit_row(text, row, column, value):
     return "\n".join(lines)
 
 
-@needs_data
 @pytest.mark.parametrize(
     "edit, detail",
     [
@@ -86,8 +84,8 @@ def _edit_row(text, row, column, value):
     ],
     ids=["target-with-comma", "missing-target", "missing-LotArea", "cut-mid-row", "last-rows-cut"],
 )
-def test_damaged_train_csv_is_an_error_naming_file_row_and_fix(isolated_data, edit, detail):
-    root = _house_dir(isolated_data, edit(_real_train_text()))
+def test_damaged_train_csv_is_an_error_naming_file_row_and_fix(project_data, isolated_data, edit, detail):
+    root = _house_dir(isolated_data, edit(_real_train_text(project_data)))
     with pytest.raises(ValueError, match=detail) as info:
         data.load_house_prices(data_dir=root, download=False)
     msg = str(info.value)
@@ -95,7 +93,6 @@ def test_damaged_train_csv_is_an_error_naming_file_row_and_fix(isolated_data, ed
     assert "Delete it" in msg and "IMMULIB_DATA" in msg
 
 
-@needs_data
 @pytest.mark.parametrize(
     "edit, detail",
     [
@@ -106,26 +103,24 @@ def test_damaged_train_csv_is_an_error_naming_file_row_and_fix(isolated_data, ed
         (lambda t: t.split("\n")[0] + "\n", r"no rows"),
     ],
 )
-def test_read_train_csv_checks_what_it_parses(tmp_path, edit, detail):
+def test_read_train_csv_checks_what_it_parses(project_data, tmp_path, edit, detail):
     path = tmp_path / TRAIN
-    path.write_text(edit(_real_train_text()))
+    path.write_text(edit(_real_train_text(project_data)))
     with pytest.raises(ValueError, match=detail):
         data.read_train_csv(path)
 
 
-@needs_data
-def test_read_train_csv_accepts_kaggles_file():
-    frame = data.read_train_csv(PROJECT_DATA / "house_price" / TRAIN)
+def test_read_train_csv_accepts_kaggles_file(project_data):
+    frame = data.read_train_csv(project_data / "house_price" / TRAIN)
     assert frame.shape == (1460, 81) and frame["SalePrice"].dtype.kind == "i"
 
 
-@needs_data
-def test_fingerprint_is_checked_on_every_load_not_only_after_a_download(isolated_data):
-    root = _house_dir(isolated_data, _real_train_text())
+def test_fingerprint_is_checked_on_every_load_not_only_after_a_download(project_data, isolated_data):
+    root = _house_dir(isolated_data, _real_train_text(project_data))
     path = root / "house_price" / TRAIN
     assert data.locate("house_price", TRAIN, root, download=False) == path
     # the same size, one digit changed: only the hash can tell
-    text = _real_train_text()
+    text = _real_train_text(project_data)
     path.write_text(text.replace(",208500\n", ",208501\n", 1))
     with pytest.raises(data.DamagedFileError, match="SHA-256"):
         data.load_house_prices(data_dir=root, download=False)
@@ -149,13 +144,12 @@ def test_verification_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ damaged image files
 
 
-@needs_data
-def test_truncated_gzip_names_the_file_and_the_fix(isolated_data):
+def test_truncated_gzip_names_the_file_and_the_fix(project_data, isolated_data):
     folder = isolated_data / "local" / "mnist"
     folder.mkdir(parents=True)
-    src = PROJECT_DATA / "mnist" / "t10k-images-idx3-ubyte.gz"
+    src = project_data / "mnist" / "t10k-images-idx3-ubyte.gz"
     (folder / src.name).write_bytes(src.read_bytes()[: src.stat().st_size // 2])
-    shutil.copy(PROJECT_DATA / "mnist" / "t10k-labels-idx1-ubyte.gz", folder)
+    shutil.copy(project_data / "mnist" / "t10k-labels-idx1-ubyte.gz", folder)
     with pytest.raises(data.DamagedFileError) as info:
         data.load_mnist("test", data_dir=isolated_data / "local", download=False)
     msg = str(info.value)
@@ -262,19 +256,17 @@ def _fake_openml(root, arff: bytes, md5: str | None = None):
     return root.as_uri()
 
 
-@needs_data
-def test_openml_rebuild_gives_kaggles_bytes(isolated_data, monkeypatch):
-    arff = _arff_from_kaggle(_real_train_text()).encode()
+def test_openml_rebuild_gives_kaggles_bytes(project_data, isolated_data, monkeypatch):
+    arff = _arff_from_kaggle(_real_train_text(project_data)).encode()
     monkeypatch.setattr(house_prices, "OPENML_URL", _fake_openml(isolated_data / "openml", arff))
     hp = data.load_house_prices()
     path = isolated_data / "cache" / "house_price" / TRAIN
-    assert path.read_bytes() == (PROJECT_DATA / "house_price" / TRAIN).read_bytes()
+    assert path.read_bytes() == (project_data / "house_price" / TRAIN).read_bytes()
     assert hp.XP.shape == (200, 79)
 
 
-@needs_data
-def test_openml_rebuild_that_differs_is_refused(isolated_data, monkeypatch):
-    arff = _arff_from_kaggle(_real_train_text()).replace(",208500.0\n", ",208501.0\n", 1).encode()
+def test_openml_rebuild_that_differs_is_refused(project_data, isolated_data, monkeypatch):
+    arff = _arff_from_kaggle(_real_train_text(project_data)).replace(",208500.0\n", ",208501.0\n", 1).encode()
     monkeypatch.setattr(house_prices, "OPENML_URL", _fake_openml(isolated_data / "openml", arff))
     with pytest.raises(FileNotFoundError, match="rejected: its SHA-256"):
         data.load_house_prices()

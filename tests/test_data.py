@@ -7,7 +7,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import PROJECT_DATA, needs_data
 
 from immulib import data
 

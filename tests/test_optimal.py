@@ -2,7 +2,6 @@
 
 import math
 
-import helpers
 import numpy as np
 import pytest
 import torch
@@ -178,8 +177,7 @@ def test_c_equal_one_is_a_whitening_and_the_ascending_order_maximises_i():
         assert i_rev < best
 
 
-@helpers.needs_data
-def test_frontier_member_with_ii_one_reaches_the_ceiling_on_house_prices():
+def test_frontier_member_with_ii_one_reaches_the_ceiling_on_house_prices(project_data):
     wp = data.load_house_prices(setup="well_posed")
     KP, KH = linalg.gram(wp.XP), linalg.gram(wp.XH)
     C, kP = optimal.rir_ceiling(KP, KH), linalg.condition_number(KP)
