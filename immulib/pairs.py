@@ -202,7 +202,8 @@ def _check_pairs(pairs):
 def sweep(method: str = "ours", setup: str = "well_posed", *, pairs="all", steps: int | None = None,
           seed: int = 0, batch_size: int = 10, data: ImageSet | None = None,
           grams: DigitGrams | None = None, device: str | torch.device = "cpu", sup: str = "a_vs_b",
-          num_threads: int | None = 1, progress: bool | None = None, **kw) -> pd.DataFrame:
+          num_threads: int | None = 1, progress: bool | None = None, thetas: dict | None = None,
+          **kw) -> pd.DataFrame:
     """Immunize every pair with ``method`` in ``setup`` and score it; one tidy row per pair and κ convention.
 
     Parameters
@@ -226,6 +227,8 @@ def sweep(method: str = "ours", setup: str = "well_posed", *, pairs="all", steps
     num_threads
         torch threads during the sweep (restored afterwards; default 1: batched LAPACK calls
         with several threads stall on a loaded machine); None leaves the setting alone.
+    thetas
+        If a dict, the immunized θ of every pair is stored in it under the key (a, b) (on the CPU).
     kw
         Passed to :func:`immulib.linear.run` (``policy``, ``eta``, ``lam_P``, ``lam_H``, ``mu``, ...).
 
@@ -242,6 +245,8 @@ def sweep(method: str = "ours", setup: str = "well_posed", *, pairs="all", steps
     steps = 100 if steps is None else integer(steps, "steps", 1)
     integer(batch_size, "batch_size", 1)
     show = _progress(progress)
+    if thetas is not None and not isinstance(thetas, dict):
+        raise TypeError(f"thetas must be a dict (filled with θ per pair) or None, got {type(thetas).__name__}")
     if grams is None:
         if data is None:
             from .data import load_mnist
@@ -267,6 +272,8 @@ def sweep(method: str = "ours", setup: str = "well_posed", *, pairs="all", steps
             kap = {name: _kappas((H + H.mT) / 2) for name, H in
                    (("P0", b.KP), ("H0", b.KH), ("P", HP), ("H", HH))}
             for j, (a, bb) in enumerate(chunk):
+                if thetas is not None:
+                    thetas[(a, bb)] = theta[j].detach().cpu()
                 for conv in conventions:
                     k = {name: float(v[conv][j]) for name, v in kap.items()}
                     i, ii = k["H"] / k["H0"], k["P"] / k["P0"]
