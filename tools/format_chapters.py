@@ -6,8 +6,13 @@ with a line wider than ``LIMIT``, this tool
 
 * without ``--check``: rewrites the cell with ``ruff format --line-length 88`` (only cells that
   are too wide are touched, so the rest of a chapter's diff stays empty), then
-* reports every line that is still too wide (a long string or comment, which a formatter does
-  not split: wrap it by hand), as ``file:line: N columns``.
+* splits what ruff leaves too wide: a long one-line string literal inside brackets becomes two
+  adjacent literals (Python joins them again, so the cell's syntax tree must stay the same, or
+  the split is undone), a long comment moves above its line and is wrapped, and a long
+  one-line docstring is wrapped over several lines;
+* reports every line that is still too wide (e.g. an f-string without a space outside its
+  replacement fields) as
+  ``file:line: N columns``: wrap it by hand.
 
 With ``--check`` nothing is written; the exit status is 1 when any line is too wide. Cells that
 use IPython magics (``%pip``, ``!cmd``) are not reformatted, only reported.
@@ -16,7 +21,11 @@ use IPython magics (``%pip``, ``!cmd``) are not reformatted, only reported.
 from __future__ import annotations
 
 import argparse
+import ast
+import io
 import re
+import textwrap
+import tokenize
 import shutil
 import subprocess
 import sys
@@ -77,6 +86,103 @@ def ruff_format(code: str) -> str | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
+def _split_string(token: str, room: int) -> tuple[str, str] | None:
+    """Split the one-line string literal ``token`` at a space, the first part at most ``room``
+    characters; inside an f-string only outside replacement fields. None when impossible."""
+    match = re.match(r"(?i)([rbuf]*)(['\"])", token)
+    if not match or token.endswith(match[2] * 3) and token.startswith(match[1] + match[2] * 3):
+        return None
+    prefix, quote = match[1], match[2]
+    body = token[len(prefix) + 1 : -1]
+    depth, best, i = 0, None, 0
+    while i < len(body):
+        two = body[i : i + 2]
+        if "f" in prefix.lower() and two in ("{{", "}}"):
+            i += 2
+            continue
+        if "f" in prefix.lower() and body[i] in "{}":
+            depth += 1 if body[i] == "{" else -1
+        elif body[i] == "\\":
+            i += 2
+            continue
+        elif body[i] == " " and depth == 0 and len(prefix) + 1 + i + 2 <= room and i > 0:
+            best = i
+        i += 1
+    if best is None:
+        return None
+    return prefix + quote + body[: best + 1] + quote, prefix + quote + body[best + 1 :] + quote
+
+
+def _split_once(code: str) -> str | None:
+    """``code`` with its first too-wide line made shorter (see the module docstring), or None."""
+    lines = code.split("\n")
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(code).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    for tok in tokens:
+        (row, col), (erow, ecol) = tok.start, tok.end
+        line = lines[row - 1]
+        if row != erow or len(line) <= LIMIT:
+            continue
+        if tok.type == tokenize.COMMENT:
+            indent = re.match(r"\s*", line)[0]
+            before = line[:col].rstrip()
+            text = tok.string.lstrip("#").strip()
+            wrapped = textwrap.wrap(text, LIMIT - len(indent) - 2) or [""]
+            comment = [f"{indent}# {w}" for w in wrapped]
+            new = comment + ([before] if before.strip() else [])
+            return "\n".join(lines[: row - 1] + new + lines[row:])
+        if tok.type == tokenize.STRING and line.strip() == tok.string and tok.string[-3:] in ('"""', "'''"):
+            quote = tok.string[-3:]  # a one-line docstring: wrap its text
+            head = tok.string[: tok.string.index(quote) + 3]
+            text = tok.string[len(head) : -3]
+            wrapped = textwrap.wrap(text, LIMIT - col - 3, break_on_hyphens=False)
+            if len(wrapped) < 2:
+                return None
+            new = [line[:col] + head + wrapped[0]] + [" " * col + w for w in wrapped[1:]]
+            new[-1] += quote
+            return "\n".join(lines[: row - 1] + new + lines[row:])
+        if tok.type == tokenize.STRING and ecol > LIMIT:
+            parts = _split_string(tok.string, LIMIT - col)
+            if parts:
+                new = [line[:col] + parts[0], " " * col + parts[1] + line[ecol:]]
+                return "\n".join(lines[: row - 1] + new + lines[row:])
+    return None
+
+
+def _tree(code: str) -> str:
+    """The syntax tree of ``code``, with the whitespace of bare string statements (docstrings)
+    normalised, so that wrapping a docstring's text keeps it."""
+    tree = ast.parse(code)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            if isinstance(node.value.value, str):
+                node.value.value = " ".join(node.value.value.split())
+    return ast.dump(tree)
+
+
+def wrap_long_lines(code: str) -> str:
+    """Split long strings and comments of ``code`` until nothing more can be split; each step
+    keeps the syntax tree, and ruff lays the result out again."""
+    try:
+        tree = _tree(code)
+    except SyntaxError:
+        return code
+    for _ in range(200):
+        new = _split_once(code)
+        if new is None:
+            break
+        try:
+            same = _tree(new) == tree
+        except SyntaxError:
+            same = False
+        if not same:
+            break
+        code = ruff_format(new) or new
+    return code
+
+
 def process(path: Path, check: bool) -> list[str]:
     """Format (unless ``check``) the wide cells of ``path``; return the remaining problems."""
     lines = path.read_text().split("\n")
@@ -87,7 +193,7 @@ def process(path: Path, check: bool) -> list[str]:
             magic = any(line.lstrip().startswith(("%", "!")) for line in code)
             formatted = None if magic else ruff_format("\n".join(code) + "\n")
             if formatted is not None:
-                code = formatted.rstrip("\n").split("\n")
+                code = wrap_long_lines(formatted).rstrip("\n").split("\n")
         new_lines += lines[last:cell.start] + code
         last = cell.end
         offset = len(new_lines) - len(code)
