@@ -113,7 +113,7 @@ def _split_string(token: str, room: int) -> tuple[str, str] | None:
     return prefix + quote + body[: best + 1] + quote, prefix + quote + body[best + 1 :] + quote
 
 
-def _split_once(code: str) -> str | None:
+def _split_once(code: str, comments_only: bool = False) -> str | None:
     """``code`` with its first too-wide line made shorter (see the module docstring), or None."""
     lines = code.split("\n")
     try:
@@ -133,6 +133,8 @@ def _split_once(code: str) -> str | None:
             comment = [f"{indent}# {w}" for w in wrapped]
             new = comment + ([before] if before.strip() else [])
             return "\n".join(lines[: row - 1] + new + lines[row:])
+        if comments_only:
+            continue
         if tok.type == tokenize.STRING and line.strip() == tok.string and tok.string[-3:] in ('"""', "'''"):
             quote = tok.string[-3:]  # a one-line docstring: wrap its text
             head = tok.string[: tok.string.index(quote) + 3]
@@ -162,15 +164,16 @@ def _tree(code: str) -> str:
     return ast.dump(tree)
 
 
-def wrap_long_lines(code: str) -> str:
+def wrap_long_lines(code: str, comments_only: bool = False) -> str:
     """Split long strings and comments of ``code`` until nothing more can be split; each step
-    keeps the syntax tree, and ruff lays the result out again."""
+    keeps the syntax tree, and ruff lays the result out again (not with ``comments_only``, the
+    pass before ruff, which would otherwise wrap a line in brackets to fit its comment)."""
     try:
         tree = _tree(code)
     except SyntaxError:
         return code
     for _ in range(200):
-        new = _split_once(code)
+        new = _split_once(code, comments_only)
         if new is None:
             break
         try:
@@ -179,7 +182,7 @@ def wrap_long_lines(code: str) -> str:
             same = False
         if not same:
             break
-        code = ruff_format(new) or new
+        code = new if comments_only else (ruff_format(new) or new)
     return code
 
 
@@ -191,7 +194,8 @@ def process(path: Path, check: bool) -> list[str]:
         code = cell.code
         if too_wide(code) and not check:
             magic = any(line.lstrip().startswith(("%", "!")) for line in code)
-            formatted = None if magic else ruff_format("\n".join(code) + "\n")
+            source = "\n".join(code) + "\n"
+            formatted = None if magic else ruff_format(wrap_long_lines(source, comments_only=True))
             if formatted is not None:
                 code = wrap_long_lines(formatted).rstrip("\n").split("\n")
         new_lines += lines[last:cell.start] + code
