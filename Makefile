@@ -36,10 +36,10 @@ test: $(STAMP)
 # Student notebooks (solutions replaced by stubs) and the Colab notebooks (README: publishing).
 .PHONY: student colab
 student: $(STAMP)
-	rm -rf _build/student && $(PY) tools/student.py _build/student
+	rm -rf _build/student && $(PY) -m tools.student _build/student
 
 colab: $(STAMP)
-	rm -rf colab && $(PY) tools/colab.py colab
+	rm -rf colab && $(PY) -m tools.colab colab
 
 clean:
 	rm -rf _build .pytest_cache
