@@ -31,7 +31,7 @@ COMMITTED = ROOT / COLAB_DIR
 MACROS = config_macros(ROOT)
 #: The short chapters, executed here; the others take minutes each (they run under nbval in
 #: place) and are executed from the plain install only with IMMULIB_TEST_ALL_COLAB=1.
-SHORT = {"01_introduction", "02_condition_numbers", "03_probe_hessian", "04_regularizers"}
+SHORT = {"01_introduction", "02_condition_numbers", "03_probe_hessian", "04_regularizers", "11_status"}
 #: LaTeX commands MathJax knows that the chapters use; a command outside this list is either a
 #: macro that only the book defines or a typo, and renders as an error on Colab.
 LATEX = set("""
