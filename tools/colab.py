@@ -176,7 +176,7 @@ class Book:
             numbered = "nonumber" not in options
             if numbered:
                 counters[kind] = counters.get(kind, 0) + 1
-            label = options.get("label") or (fence["arg"] if kind == "figure" and "glue" in fence["name"] else "")
+            label = options.get("label") or options.get("name", "")  # figures and tables: :name:
             if not label:
                 continue
             title = fence["arg"] if kind != "figure" else ""
