@@ -17,7 +17,8 @@ Setup, all local (nothing is fetched from a CDN):
   or ``IMMULIB_INSTALL_BROWSER=1``, they install it (``apt-get install -y chromium``), otherwise
   they skip with the reason;
 * MathJax 3 comes from its npm package, installed once into ``$IMMULIB_TEST_CACHE`` (default
-  ``~/.cache/immulib-tests``) with ``npm``; a small HTTP server on 127.0.0.1 serves the book,
+  ``~/.cache/immulib-tests``) with ``npm`` (Debian's ``npm`` package, installed like Chromium
+  when missing); a small HTTP server on 127.0.0.1 serves the book,
   rewrites the pages' MathJax address to its local copy and adds the checking script, which
   writes its findings into the page; Chromium's ``--dump-dom`` returns them.
 """
@@ -141,6 +142,13 @@ def built_html() -> Path:
     return HTML_DIR
 
 
+def _apt_install(package: str) -> None:
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}"
+
+
 @pytest.fixture(scope="session")
 def chromium() -> str:
     path = _find_chromium()
@@ -149,10 +157,7 @@ def chromium() -> str:
     if not _allowed_to_install():
         pytest.skip("Chromium is not installed; install Debian's `chromium`, or run as root with "
                     "CI=true or IMMULIB_INSTALL_BROWSER=1 to let this test install it")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}"
+    _apt_install("chromium")
     path = _find_chromium()
     assert path, "apt-get installed chromium but no chromium executable is on PATH"
     return path
@@ -166,8 +171,12 @@ def mathjax() -> Path:
     if (es5 / "tex-mml-chtml.js").is_file():
         return es5
     npm = shutil.which("npm")
+    if not npm and _allowed_to_install():
+        _apt_install("npm")
+        npm = shutil.which("npm")
     if not npm:
-        pytest.skip("npm is not installed: it is needed once to fetch MathJax's npm package")
+        pytest.skip("npm is not installed: it is needed once to fetch MathJax's npm package "
+                    "(run as root with CI=true or IMMULIB_INSTALL_BROWSER=1 to let this test install it)")
     folder.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
         [npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund", "--no-save",
