@@ -47,7 +47,7 @@ def test_every_citation_is_in_the_bibliography():
     assert cited, "the chapters cite nothing"
     assert cited <= keys, f"cited but not in {BIB.name}: {sorted(cited - keys)}"
     for short in FORMATTED[:4]:
-        assert "{cite}`" in (ROOT / "book" / f"{short}.md").read_text(), f"{short} cites nothing"
+        assert "{cite:p}`" in (ROOT / "book" / f"{short}.md").read_text(), f"{short} cites nothing"
 
 
 def test_chapters_are_numbered_and_the_reference_part_is_not():
