@@ -210,10 +210,15 @@ def test_built_page_links_colab_to_the_committed_ipynb(tmp_path):
 @pytest.fixture(scope="module")
 def plain_install(tmp_path_factory):
     """immulib installed from the repository into a folder of its own, as pip does on Colab."""
-    target = tmp_path_factory.mktemp("site")
+    import shutil
+
+    source, target = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("site")
+    for name in ("pyproject.toml", "README.md"):  # a copy, so the build leaves no build/ in the repo
+        shutil.copy(ROOT / name, source)
+    shutil.copytree(ROOT / "immulib", source / "immulib", ignore=shutil.ignore_patterns("__pycache__"))
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(ROOT)],
+         "--target", str(target), str(source)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
