@@ -11,8 +11,9 @@ It fails on a page where
 
 Setup, all local (nothing is fetched from a CDN):
 
-* the built HTML is ``$IMMULIB_BOOK_HTML`` (default ``_build/html``); without it the tests skip
-  and say to run ``make book`` first;
+* the built HTML is ``$IMMULIB_BOOK_HTML`` (e.g. ``_build/html`` after ``make book``); when it
+  is unset or holds no book the tests skip and say so:
+  ``IMMULIB_BOOK_HTML=_build/html .venv/bin/python -m pytest tests/test_browser.py``;
 * Chromium is Debian's ``chromium``; when it is missing and the tests run as root with ``CI=true``
   or ``IMMULIB_INSTALL_BROWSER=1``, they install it (``apt-get install -y chromium``), otherwise
   they skip with the reason;
@@ -42,7 +43,8 @@ import pytest
 from tools.chapters import toc_chapters
 
 ROOT = Path(__file__).resolve().parent.parent
-HTML_DIR = Path(os.environ.get("IMMULIB_BOOK_HTML", ROOT / "_build" / "html")).resolve()
+#: The built book to test: set explicitly, so that a stale ``_build/html`` is never tested by accident.
+HTML_DIR = Path(os.environ["IMMULIB_BOOK_HTML"]).resolve() if os.environ.get("IMMULIB_BOOK_HTML") else None
 CACHE = Path(os.environ.get("IMMULIB_TEST_CACHE", Path.home() / ".cache" / "immulib-tests"))
 MATHJAX_VERSION = "3"
 MATHJAX_CDN_RE = re.compile(r"https?://[^\"']*?mathjax@?[\d.]*/es5/")
@@ -137,8 +139,10 @@ def _find_chromium() -> str | None:
 
 @pytest.fixture(scope="session")
 def built_html() -> Path:
+    if HTML_DIR is None:
+        pytest.skip("set IMMULIB_BOOK_HTML to a built book's html folder (e.g. _build/html after `make book`)")
     if not (HTML_DIR / "index.html").is_file():
-        pytest.skip(f"no built book at {HTML_DIR}: run `make book` first (or set IMMULIB_BOOK_HTML)")
+        pytest.skip(f"no built book at {HTML_DIR}: run `make book` first")
     return HTML_DIR
 
 
