@@ -136,6 +136,8 @@ def _mini_book(tmp_path, chapter_text):
         (tmp_path / folder).mkdir(exist_ok=True)
         shutil.copy(ROOT / folder / f"{name}.py", tmp_path / folder)
     (tmp_path / "book").mkdir()
+    shutil.copytree(ROOT / "book" / "_static", tmp_path / "book" / "_static")  # html_static_path
+    shutil.copy(ROOT / "book" / "references.bib", tmp_path / "book")  # bibtex_bibfiles
     (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/page\n")
     header = NOTEBOOKS[0].read_text().split("---\n")[1]
     (tmp_path / "book" / "page.md").write_text(

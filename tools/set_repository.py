@@ -1,4 +1,4 @@
-"""Point the book at another repository: ``python tools/set_repository.py [URL]``.
+"""Point the book at another repository: ``python -m tools.set_repository [URL]``.
 
 The repository URL lives in ``_config.yml`` (``repository.url``; the launch and repository
 buttons use it). Each chapter's hidden Colab cell installs immulib from the same URL. With a URL
@@ -13,17 +13,13 @@ import re
 import sys
 from pathlib import Path
 
+# tools.colab owns the install-cell pattern and the configured URL; this module only uses them
+# (one direction, no import cycle).
+from tools.colab import DEFAULT_OUT, INSTALL_RE, configured_url, write_colab_notebooks
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-INSTALL_RE = re.compile(r'"immulib @ git\+(?P<url>[^"]+)"')
 CONFIG_RE = re.compile(r"^(  url: )(\S+)$", re.MULTILINE)
-
-
-def configured_url(root: Path = ROOT) -> str:
-    import yaml
-
-    return yaml.safe_load((root / "_config.yml").read_text())["repository"]["url"]
+__all__ = ["INSTALL_RE", "configured_url", "main"]
 
 
 def main(argv: list[str]) -> None:
@@ -43,8 +39,6 @@ def main(argv: list[str]) -> None:
         if new != text:
             chapter.write_text(new)
             print(f"updated {chapter.relative_to(ROOT)}")
-    from tools.colab import DEFAULT_OUT, write_colab_notebooks
-
     write_colab_notebooks(DEFAULT_OUT)
     print(f"repository: {url}; Colab notebooks regenerated in {DEFAULT_OUT.relative_to(ROOT)}/")
 

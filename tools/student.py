@@ -1,15 +1,17 @@
-"""Student versions of the chapters: ``python tools/student.py [OUT]`` (default ``_build/student``).
+"""Student versions of the chapters: ``python -m tools.student [OUT]`` (default ``_build/student``).
 
 Each chapter with exercises (every notebook in ``_toc.yml`` outside the Appendices part) becomes
 ``OUT/NN_name.ipynb``, a notebook in which
 
 * the code cells of every solution (between the ``{solution-start}`` and ``{solution-end}``
-  markdown fences) are replaced by **one** stub cell that raises ``NotImplementedError`` with a
-  hint: the exercise's label and its first sentence;
-* the solution prose and the two fences are removed; the exercise itself stays.
+  markdown fences) are replaced by **one** stub cell that raises ``NotImplementedError`` naming
+  the exercise in full, as the book numbers it ("Exercise 6.1"), with its first sentence;
+* the solution prose and the two fences are removed;
+* every markdown cell is plain Markdown, as in the Colab notebooks (``tools/colab.py``): the
+  exercise statements are numbered headings with rendered text, the book's macros expanded.
 
-Everything before the exercises is unchanged, so a student notebook runs like the chapter up to
-its first stub. Run it from the ``book/`` folder (or on Colab), as the book does.
+Everything before the exercises is unchanged code, so a student notebook runs like the chapter
+up to its first stub. Run it from the ``book/`` folder (or on Colab), as the book does.
 """
 
 from __future__ import annotations
@@ -18,58 +20,88 @@ import re
 import sys
 from pathlib import Path
 
+from tools.chapters import chapter_notebook, exercise_chapters, tool_main, write_notebooks
+from tools.colab import (
+    FENCE_RE, OPTION_RE, Book, Page, _split_solutions, convert_roles, expand_macros, myst_to_markdown,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tools.chapters import chapter_notebook, exercise_chapters, tool_main, write_notebooks  # noqa: E402
-
 DEFAULT_OUT = ROOT / "_build" / "student"
-FENCE_RE = re.compile(r"^(?P<fence>`{3,}|:{3,})\{(?P<name>exercise|solution-start|solution-end)\}\s*(?P<arg>\S*)")
 STUB_MARK = "# STUDENT STUB"
+#: Abbreviations after which a full stop does not end a sentence.
+ABBREVIATIONS = ("Eq", "Eqs", "Fig", "Figs", "Sec", "Thm", "Prop", "Def", "Tab", "Alg", "App",
+                 "Ch", "cf", "e.g", "i.e", "vs", "al", "approx", "resp", "No")
 
 
-def _first_sentence(text: str) -> str:
+def first_sentence(text: str) -> str:
+    """The first sentence of ``text`` (whitespace collapsed), not cut at "Eq." or "e.g."."""
     flat = " ".join(text.split())
-    return re.split(r"(?<=[.?!])\s", flat, maxsplit=1)[0]
+    for match in re.finditer(r"[.?!](?=\s)", flat):
+        word = re.search(r"([\w.]*)$", flat[: match.start()])[1]
+        if match[0] == "." and (word in ABBREVIATIONS or word.split(".")[-1] in ABBREVIATIONS):
+            continue
+        return flat[: match.end()]
+    return flat
 
 
-def _directive(lines: list[str], start: int, fence: str) -> tuple[dict[str, str], str, int]:
-    """Parse the directive opened at ``lines[start]``: its options, its body, the index after it."""
-    options, body, i = {}, [], start + 1
-    while i < len(lines) and lines[i].strip() != fence:
-        line = lines[i]
-        match = re.match(r"^:(\w[\w-]*):\s*(.*)$", line)
-        if match and not body:
-            options[match[1]] = match[2]
-        else:
-            body.append(line)
-        i += 1
-    if i == len(lines):
-        raise ValueError(f"directive opened with {lines[start]!r} is never closed with {fence!r}")
-    return options, "\n".join(body).strip(), i + 1
+def exercise_statements(nb) -> dict[str, str]:
+    """``label -> body`` of every ``{exercise}`` directive in the notebook's markdown."""
+    statements = {}
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        lines = cell.source.splitlines()
+        for i, line in enumerate(lines):
+            fence = FENCE_RE.match(line)
+            if not fence or fence["name"] != "exercise":
+                continue
+            options, j = {}, i + 1
+            while j < len(lines) and OPTION_RE.match(lines[j]):
+                match = OPTION_RE.match(lines[j])
+                options[match["key"]] = match["value"]
+                j += 1
+            body = []
+            while j < len(lines) and lines[j].strip() != fence["fence"]:
+                body.append(lines[j])
+                j += 1
+            statements[options.get("label", "")] = "\n".join(body)
+    return statements
 
 
-def stub_source(label: str, hint: str) -> str:
-    """The code of a stub cell: a comment and a ``NotImplementedError`` that names the exercise."""
-    message = f"Exercise {label}: {hint}" if hint else f"Exercise {label}"
-    return f"{STUB_MARK}: write your solution to exercise {label} here.\nraise NotImplementedError({message!r})"
+def stub_source(name: str, hint: str) -> str:
+    """The code of a stub cell: a comment and a ``NotImplementedError`` that names the exercise
+    in full (``name`` is e.g. "Exercise 6.1")."""
+    message = f"{name}: {hint}" if hint else name
+    return f"{STUB_MARK}: write your solution to {name} here.\nraise NotImplementedError({message!r})"
 
 
 def is_stub(cell) -> bool:
     return cell.cell_type == "code" and cell.source.startswith(STUB_MARK)
 
 
-def student_notebook(nb, name: str = "chapter"):
+def student_notebook(nb, name: str = "chapter", page: Page | None = None):
     """A copy of the notebook ``nb`` with solutions replaced by stubs (see the module docstring).
 
-    Raises ``ValueError`` naming ``name`` when the solution fences are unbalanced or unlabelled.
+    ``page`` numbers the exercises as the book does (default: the chapter ``name`` of the book,
+    unnumbered if the book does not list it). Raises ``ValueError`` naming ``name`` when the
+    solution fences are unbalanced or unlabelled.
     """
     import copy
 
     import nbformat
 
-    cells, hints = [], {}
+    page = page or Page(Book(), ROOT / "book" / name)
+    statements = exercise_statements(nb)
+
+    def exercise_name(label: str) -> str:
+        known = page.exercise_name(label)
+        return known if known.startswith("Exercise") else f"Exercise {label}"
+
+    def hint(label: str) -> str:
+        text = convert_roles(statements.get(label, ""), page)
+        return first_sentence(expand_macros(text, page.book.macros))
+
+    cells = []
     solution = None  # label of the open solution, None outside a solution
     stubbed = False  # whether the open solution already has its stub
     for cell in nb.cells:
@@ -77,40 +109,35 @@ def student_notebook(nb, name: str = "chapter"):
             if solution is None:
                 cells.append(copy.deepcopy(cell))
             elif cell.cell_type == "code" and not stubbed:
-                cells.append(nbformat.v4.new_code_cell(stub_source(solution, hints.get(solution, ""))))
+                cells.append(nbformat.v4.new_code_cell(stub_source(exercise_name(solution), hint(solution))))
                 stubbed = True
             continue
-        lines, kept, i = cell.source.splitlines(), [], 0
-        while i < len(lines):
-            match = FENCE_RE.match(lines[i])
-            if not match:
-                if solution is None:
-                    kept.append(lines[i])
-                i += 1
-                continue
-            kind, start = match["name"], i
-            options, body, i = _directive(lines, i, match["fence"])
-            if kind == "exercise":
+        kept = []
+        try:
+            parts = _split_solutions(cell.source)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
+        for kind, text in parts:
+            if kind.startswith("start:"):
+                label = kind.split(":", 1)[1]
                 if solution is not None:
-                    raise ValueError(f"{name}: an exercise starts inside the solution of {solution!r}")
-                hints[options.get("label", "")] = _first_sentence(body)
-                kept.extend(lines[start:i])
-            elif kind == "solution-start":
-                if solution is not None:
-                    raise ValueError(f"{name}: solution {match['arg']!r} starts inside solution {solution!r}")
-                if not match["arg"]:
-                    raise ValueError(f"{name}: {lines[start]!r} names no exercise label")
-                solution, stubbed = match["arg"], False
-            else:
+                    raise ValueError(f"{name}: solution {label!r} starts inside solution {solution!r}")
+                if not label:
+                    raise ValueError(f"{name}: a {{solution-start}} names no exercise label")
+                solution, stubbed = label, False
+            elif kind == "end":
                 if solution is None:
                     raise ValueError(f"{name}: a {{solution-end}} without a {{solution-start}} before it")
                 solution = None
-        text = "\n".join(kept).strip()
+            elif solution is None:
+                kept.append(myst_to_markdown(text, page))
+        text = "\n\n".join(k for k in kept if k.strip()).strip()
         if text:
             cells.append(nbformat.v4.new_markdown_cell(text, metadata=copy.deepcopy(cell.metadata)))
     if solution is not None:
         raise ValueError(f"{name}: the solution of {solution!r} has no {{solution-end}}")
     out = nbformat.v4.new_notebook(cells=cells, metadata=copy.deepcopy(nb.metadata))
+    out.metadata.pop("colab", None)
     nbformat.validate(out)
     return out
 
@@ -118,11 +145,13 @@ def student_notebook(nb, name: str = "chapter"):
 def write_student_notebooks(out_dir: str | Path = DEFAULT_OUT, chapters: list[Path] | None = None) -> list[Path]:
     """Write ``OUT/NN_name.ipynb`` for every chapter (default: all chapters with exercises)."""
     chapters = exercise_chapters() if chapters is None else chapters
+    book = Book()
     return write_notebooks(
         out_dir,
-        ((c.with_suffix(".ipynb").name, student_notebook(chapter_notebook(c), c.name)) for c in chapters),
+        ((c.with_suffix(".ipynb").name, student_notebook(chapter_notebook(c), c.name, Page(book, c)))
+         for c in chapters),
     )
 
 
 if __name__ == "__main__":
-    tool_main(sys.argv[1:], write_student_notebooks, DEFAULT_OUT, "tools/student.py")
+    tool_main(sys.argv[1:], write_student_notebooks, DEFAULT_OUT, "-m tools.student")
