@@ -123,52 +123,19 @@ def test_chapter_follows_the_conventions(path):
     assert text.count("```{solution-start}") == text.count("```{exercise}")
 
 
-def _mini_book(tmp_path, chapter_text):
-    """A one-page book with this project's _config.yml, for checking that the build is strict."""
-    shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
-    extensions = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"].get(
-        "local_extensions", {}
-    )
-    for (
-        name,
-        folder,
-    ) in extensions.items():  # the config's local Sphinx extensions come along
-        (tmp_path / folder).mkdir(exist_ok=True)
-        shutil.copy(ROOT / folder / f"{name}.py", tmp_path / folder)
-    (tmp_path / "book").mkdir()
-    shutil.copytree(ROOT / "book" / "_static", tmp_path / "book" / "_static")  # html_static_path
-    shutil.copy(ROOT / "book" / "references.bib", tmp_path / "book")  # bibtex_bibfiles
-    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/page\n")
-    header = NOTEBOOKS[0].read_text().split("---\n")[1]
-    (tmp_path / "book" / "page.md").write_text(
-        f"---\n{header}---\n\n# Page\n\n{chapter_text}\n"
-    )
-    return _build_mini(tmp_path)
-
-
-def _build_mini(tmp_path):
-    return subprocess.run(
-        JB + ["build", str(tmp_path), *book.BUILD_FLAGS],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=book.book_env(),
-    )
-
-
 @pytest.mark.slow
 def test_a_failing_cell_fails_the_build_every_time(tmp_path):
-    proc = _mini_book(
+    proc = book.mini_book(
         tmp_path, "```{code-cell} ipython3\nraise RuntimeError('boom')\n```\n"
     )
     assert proc.returncode != 0 and "boom" in proc.stdout + proc.stderr
-    again = _build_mini(tmp_path)  # a failure is not cached as a result
+    again = book.build_mini(tmp_path)  # a failure is not cached as a result
     assert again.returncode != 0 and "boom" in again.stdout + again.stderr
 
 
 @pytest.mark.slow
 def test_a_broken_reference_fails_the_build(tmp_path):
-    proc = _mini_book(
+    proc = book.mini_book(
         tmp_path, "See {ref}`no-such-label`.\n\n```{code-cell} ipython3\n1 + 1\n```\n"
     )
     assert proc.returncode != 0 and "no-such-label" in proc.stdout + proc.stderr
@@ -179,14 +146,14 @@ def test_an_unchanged_page_is_executed_once_and_a_changed_one_again(tmp_path):
     log = tmp_path / "executions.log"
     cell = f"```{{code-cell}} ipython3\nopen({str(log)!r}, 'a').write('run\\n')\n```\n"
     for _ in range(2):
-        proc = _mini_book(tmp_path, cell) if not log.exists() else _build_mini(tmp_path)
+        proc = book.mini_book(tmp_path, cell) if not log.exists() else book.build_mini(tmp_path)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert log.read_text() == "run\n", (
         "the second build executed the unchanged page again"
     )
     page = tmp_path / "book" / "page.md"
     page.write_text(page.read_text().replace("'run", "'rerun"))
-    assert _build_mini(tmp_path).returncode == 0
+    assert book.build_mini(tmp_path).returncode == 0
     assert log.read_text() == "run\nrerun\n"
 
 

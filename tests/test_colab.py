@@ -13,7 +13,7 @@ import nbformat
 import pytest
 import yaml
 
-from test_book import _mini_book
+from tools.book import mini_book
 from tools.chapters import chapter_notebook, is_notebook, toc_chapters
 from tools.colab import (
     SOLUTION_TITLE, Book, book_url, colab_chapters, config_macros, expand_macros, is_install_cell,
@@ -195,7 +195,7 @@ def test_tools_import_without_a_cycle_or_path_edits():
 def test_built_page_links_colab_to_the_committed_ipynb(tmp_path):
     (tmp_path / COLAB_DIR / "book").mkdir(parents=True)
     (tmp_path / COLAB_DIR / "book" / "page.ipynb").write_text("{}")
-    proc = _mini_book(tmp_path, "```{code-cell} ipython3\n1 + 1\n```\n")
+    proc = mini_book(tmp_path, "```{code-cell} ipython3\n1 + 1\n```\n")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     html = (tmp_path / "_build" / "html" / "book" / "page.html").read_text()
     expected = colab_notebook_url(configured_url(ROOT), "book/page", CONFIG["launch_buttons"]["colab_url"], BRANCH)

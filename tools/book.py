@@ -106,6 +106,33 @@ def executed_chapter(chapter: Path, out: Path = ROOT):
     return None if record is None else cache.get_cache_bundle(record.pk).nb
 
 
+def mini_book(folder: Path, chapter_text: str) -> subprocess.CompletedProcess:
+    """Build a one-page book in ``folder`` with this project's _config.yml (its local Sphinx
+    extensions, stylesheet and bibliography come along), for checking that the build is strict."""
+    import yaml
+
+    folder = Path(folder)
+    shutil.copy(ROOT / "_config.yml", folder / "_config.yml")
+    extensions = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"].get("local_extensions", {})
+    for name, sub in extensions.items():
+        (folder / sub).mkdir(exist_ok=True)
+        shutil.copy(ROOT / sub / f"{name}.py", folder / sub)
+    (folder / "book").mkdir()
+    shutil.copytree(ROOT / "book" / "_static", folder / "book" / "_static")  # html_static_path
+    shutil.copy(ROOT / "book" / "references.bib", folder / "book")  # bibtex_bibfiles
+    (folder / "_toc.yml").write_text("format: jb-book\nroot: book/page\n")
+    header = (ROOT / "book" / "01_introduction.md").read_text().split("---\n")[1]
+    (folder / "book" / "page.md").write_text(f"---\n{header}---\n\n# Page\n\n{chapter_text}\n")
+    return build_mini(folder)
+
+
+def build_mini(folder: Path) -> subprocess.CompletedProcess:
+    """Rebuild the one-page book of :func:`mini_book` in ``folder``."""
+    jb = str(Path(sys.executable).parent / "jupyter-book")
+    return subprocess.run([jb, "build", str(folder), *BUILD_FLAGS], capture_output=True, text=True,
+                          cwd=folder, env=book_env())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv:
