@@ -30,7 +30,9 @@ def _problem(D: int, seed: int = 0) -> linear.Problem:
     XP = rng.standard_normal((n, D)) @ np.diag(np.linspace(1, 4, D))
     Q, _ = np.linalg.qr(rng.standard_normal((D, D)))
     XH = rng.standard_normal((n, D)) @ np.diag(np.linspace(1, 8, D)) @ Q
-    return linear.Problem.from_data(XP, XP @ rng.standard_normal(D), XH, XH @ rng.standard_normal(D))
+    return linear.Problem.from_data(
+        XP, XP @ rng.standard_normal(D), XH, XH @ rng.standard_normal(D)
+    )
 
 
 def _house_prices():
@@ -54,7 +56,9 @@ def _median(fn, repeats: int) -> float:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (< 1 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes and few repeats (< 1 min)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     sizes = (64, 256) if args.quick else (64, 256, 1024)
@@ -63,16 +67,27 @@ def main(argv=None):
     hp = _house_prices()
     if hp is not None:
         problems.insert(0, ("House Prices (well-posed), D = 71", hp))
-    methods = [("ours", {}), ("ours", {"policy": "paper"}), ("constrained", {}), ("opt_kappa", {})]
+    methods = [
+        ("ours", {}),
+        ("ours", {"policy": "paper"}),
+        ("constrained", {}),
+        ("opt_kappa", {}),
+    ]
     headline = 0.0
-    print(f"median of {repeats} runs of {steps} steps, 1 torch thread; ratio = one step / one eigh")
+    print(
+        f"median of {repeats} runs of {steps} steps, 1 torch thread; ratio = one step / one eigh"
+    )
     for name, prob in problems:
         H = prob.KP[0] / prob.KP[0].abs().max()
-        t_eigh = _median(lambda: torch.linalg.eigh(H), repeats * 3)
+        t_eigh = _median(lambda H=H: torch.linalg.eigh(H), repeats * 3)
         cells = []
         for method, kw in methods:
-            t = _median(lambda: linear.run(prob, method, steps=steps, record_every=10**9,
-                                           progress=False, **kw), repeats) / (steps + 1)
+            t = _median(
+                lambda prob=prob, method=method, kw=kw: linear.run(
+                    prob, method, steps=steps, record_every=10**9, progress=False, **kw
+                ),
+                repeats,
+            ) / (steps + 1)
             ratio = t / t_eigh
             label = method + ("" if not kw else f" ({kw['policy']})")
             cells.append(f"{label} {ratio:.2f}")

@@ -41,7 +41,9 @@ def _median(fn, repeats):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 pairs, 10 steps, 3 repeats (< 1 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="4 pairs, 10 steps, 3 repeats (< 1 min)"
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     n_pairs, steps, repeats = (4, 10, 3) if args.quick else (10, 50, 3)
@@ -53,26 +55,50 @@ def main(argv=None):
     feats = {}
     for a, b in chosen:
         ia, ib = pairs.pair_indices(mnist, a, b)
-        feats[(a, b)] = (pairs.digit_features(mnist.images[ia], grams.pixels),
-                         pairs.digit_features(mnist.images[ib], grams.pixels))
+        feats[(a, b)] = (
+            pairs.digit_features(mnist.images[ia], grams.pixels),
+            pairs.digit_features(mnist.images[ib], grams.pixels),
+        )
 
     def one_by_one():
-        return [immulib.immunize(XP, np.ones(len(XP)), XH, steps=steps, progress=False,
-                                 record_every=10**9).theta for XP, XH in feats.values()]
+        return [
+            immulib.immunize(
+                XP,
+                np.ones(len(XP)),
+                XH,
+                steps=steps,
+                progress=False,
+                record_every=10**9,
+            ).theta
+            for XP, XH in feats.values()
+        ]
 
     def batched():
-        return pairs.run_batch(grams, chosen, "ours", steps=steps, sup="P", record_every=10**9)[0]
+        return pairs.run_batch(
+            grams, chosen, "ours", steps=steps, sup="P", record_every=10**9
+        )[0]
 
     ref, fast = one_by_one(), batched()
-    err = max(float((fast[j].cpu() - ref[j]).abs().max() / ref[j].abs().max()) for j in range(n_pairs))
+    err = max(
+        float((fast[j].cpu() - ref[j]).abs().max() / ref[j].abs().max())
+        for j in range(n_pairs)
+    )
     t_ref, t_fast = _median(one_by_one, repeats), _median(batched, repeats)
     H = grams.K[:n_pairs] / grams.K[:n_pairs].abs().amax(dim=(-2, -1), keepdim=True)
     t_eigh = _median(lambda: torch.linalg.eigh(H), repeats * 3)
-    print(f"{n_pairs} pairs × {steps} steps, D = {len(grams.pixels)}, device {args.device}; "
-          f"agreement max relative |Δθ| = {err:.1e}")
-    print(f"one immunize per pair: {t_ref / n_pairs:.3f} s per pair; batched: {t_fast / n_pairs:.3f} s per pair")
-    print(f"batched step = {t_fast / (steps + 1) / t_eigh:.2f} batched eigh of the {n_pairs} Grams")
-    print(f"speed-up of the batched engine over one immunize call per pair: {t_ref / t_fast:.2f}x")
+    print(
+        f"{n_pairs} pairs × {steps} steps, D = {len(grams.pixels)}, device {args.device}; "
+        f"agreement max relative |Δθ| = {err:.1e}"
+    )
+    print(
+        f"one immunize per pair: {t_ref / n_pairs:.3f} s per pair; batched: {t_fast / n_pairs:.3f} s per pair"
+    )
+    print(
+        f"batched step = {t_fast / (steps + 1) / t_eigh:.2f} batched eigh of the {n_pairs} Grams"
+    )
+    print(
+        f"speed-up of the batched engine over one immunize call per pair: {t_ref / t_fast:.2f}x"
+    )
 
 
 if __name__ == "__main__":

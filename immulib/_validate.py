@@ -41,16 +41,24 @@ def as_float64(x, name: str, *, ndim: int | None = None) -> torch.Tensor:
         t = x
     elif isinstance(x, (np.ndarray, list, tuple)):
         arr = np.asarray(x)
-        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-            raise TypeError(f"{name} must be an array of numbers, got dtype {arr.dtype}")
+        if arr.dtype == object or not (
+            np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
+        ):
+            raise TypeError(
+                f"{name} must be an array of numbers, got dtype {arr.dtype}"
+            )
         t = torch.from_numpy(np.ascontiguousarray(arr))
     else:
-        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+        raise TypeError(
+            f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}"
+        )
     if t.is_complex():
         raise TypeError(f"{name} must be real, got a complex {t.dtype} tensor")
     t = t.to(torch.float64)
     if ndim is not None and t.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must be {ndim}-dimensional, got shape {tuple(t.shape)}"
+        )
     if t.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(t.shape)}")
     if not bool(torch.isfinite(t.detach()).all()):
@@ -58,7 +66,9 @@ def as_float64(x, name: str, *, ndim: int | None = None) -> torch.Tensor:
     return t
 
 
-def integer(x, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+def integer(
+    x, name: str, minimum: int | None = None, maximum: int | None = None
+) -> int:
     """``x`` as an int (Python or numpy integer, not a bool), within [minimum, maximum]."""
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(x).__name__}")
@@ -70,10 +80,18 @@ def integer(x, name: str, minimum: int | None = None, maximum: int | None = None
     return x
 
 
-def number(x, name: str, *, minimum: float | None = None, strict: bool = False,
-           maximum: float | None = None) -> float:
+def number(
+    x,
+    name: str,
+    *,
+    minimum: float | None = None,
+    strict: bool = False,
+    maximum: float | None = None,
+) -> float:
     """``x`` as a finite float; ``minimum`` is exclusive when ``strict``, ``maximum`` inclusive."""
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
+    if isinstance(x, (bool, np.bool_)) or not isinstance(
+        x, (int, float, np.integer, np.floating)
+    ):
         raise TypeError(f"{name} must be a number, got {type(x).__name__}")
     x = float(x)
     if not math.isfinite(x):
@@ -120,11 +138,19 @@ def device(x, name: str = "device") -> torch.device:
         raise ValueError(f"{name}={x!r} is not a valid torch device: {err}") from None
     if d.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{name}={x!r} but CUDA is not available on this machine; use device='cpu'")
+            raise ValueError(
+                f"{name}={x!r} but CUDA is not available on this machine; use device='cpu'"
+            )
         if d.index is not None and d.index >= torch.cuda.device_count():
-            raise ValueError(f"{name}={x!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"{name}={x!r} but MPS is not available on this machine; use device='cpu'")
+            raise ValueError(
+                f"{name}={x!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    if d.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError(
+            f"{name}={x!r} but MPS is not available on this machine; use device='cpu'"
+        )
     return d
 
 
@@ -132,7 +158,12 @@ def progress(x, name: str = "progress") -> bool:
     """Resolve a ``progress`` argument: ``None`` (the library's default) shows a bar unless the
     environment variable ``TQDM_DISABLE`` is set to a true value (the book's build sets it)."""
     if x is None:
-        return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("1", "true", "yes", "on")
+        return os.environ.get("TQDM_DISABLE", "").strip().lower() not in (
+            "1",
+            "true",
+            "yes",
+            "on",
+        )
     return flag(x, name)
 
 

@@ -43,7 +43,14 @@ __all__ = [
     "tune",
 ]
 
-ATTACKERS: tuple[str, ...] = ("gd_exact", "gd_fixed", "adam", "jacobi", "whiten", "lstsq")
+ATTACKERS: tuple[str, ...] = (
+    "gd_exact",
+    "gd_fixed",
+    "adam",
+    "jacobi",
+    "whiten",
+    "lstsq",
+)
 #: Attackers that need a step size ``eta``.
 NEEDS_ETA: tuple[str, ...] = ("gd_fixed", "adam")
 
@@ -52,21 +59,27 @@ def _features_targets(F, y) -> tuple[torch.Tensor, torch.Tensor]:
     F = as_float64(F, "F", ndim=2).detach()
     y = as_float64(y, "y", ndim=1).detach()
     if len(y) != len(F):
-        raise ValueError(f"y must have {len(F)} entries (one per row of F), got {len(y)}")
+        raise ValueError(
+            f"y must have {len(F)} entries (one per row of F), got {len(y)}"
+        )
     return F, y
 
 
 def _eta(eta, attacker: str) -> float:
     if attacker not in NEEDS_ETA:
         if eta is not None:
-            raise ValueError(f"eta applies only to the attackers {NEEDS_ETA}, not {attacker!r}")
+            raise ValueError(
+                f"eta applies only to the attackers {NEEDS_ETA}, not {attacker!r}"
+            )
         return math.nan
     if eta is None:
         raise ValueError(f"attacker {attacker!r} needs a step size eta")
     return positive(eta, "eta")
 
 
-def _exact_descent(F: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, steps: int, bar) -> torch.Tensor:
+def _exact_descent(
+    F: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, steps: int, bar
+) -> torch.Tensor:
     """Iterates of exact-line-search gradient descent on ½‖Fw − y‖² (the step of Eq. (16))."""
     A, b = gram(F), F.T @ y
     W = torch.empty(steps + 1, len(w0), dtype=torch.float64)
@@ -80,8 +93,17 @@ def _exact_descent(F: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, steps: in
     return W
 
 
-def attack(F, y, attacker: str, *, steps: int, eta: float | None = None, seed: int = 0,
-           num_threads: int | None = 1, progress: bool | None = None) -> torch.Tensor:
+def attack(
+    F,
+    y,
+    attacker: str,
+    *,
+    steps: int,
+    eta: float | None = None,
+    seed: int = 0,
+    num_threads: int | None = 1,
+    progress: bool | None = None,
+) -> torch.Tensor:
     """Run one attacker on the ℓ2 probe ½‖Fw − y‖² and return its iterates w_0 … w_T.
 
     Parameters
@@ -162,7 +184,9 @@ def _attack(F, y, attacker, steps, eta, w0, bar) -> torch.Tensor:
 def _check_W(W, d: int) -> torch.Tensor:
     W = as_float64(W, "W", ndim=2).detach()
     if W.shape[1] != d:
-        raise ValueError(f"W must have {d} columns (one per feature of F), got shape {tuple(W.shape)}")
+        raise ValueError(
+            f"W must have {d} columns (one per feature of F), got shape {tuple(W.shape)}"
+        )
     return W
 
 
@@ -185,17 +209,32 @@ def probe_accuracy(F, y, W) -> torch.Tensor:
 def steps_to_target(curve, target: float, *, higher_is_better: bool) -> int | None:
     """The first t with curve[t] >= target (``higher_is_better``) or <= target; ``None`` if never."""
     c = as_float64(curve, "curve", ndim=1)
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target):
+    if (
+        isinstance(target, bool)
+        or not isinstance(target, (int, float))
+        or not math.isfinite(target)
+    ):
         raise TypeError(f"target must be a finite number, got {target!r}")
     if not isinstance(higher_is_better, bool):
-        raise TypeError(f"higher_is_better must be a bool, got {type(higher_is_better).__name__}")
+        raise TypeError(
+            f"higher_is_better must be a bool, got {type(higher_is_better).__name__}"
+        )
     hit = (c >= target) if higher_is_better else (c <= target)
     idx = torch.nonzero(hit)
     return int(idx[0]) if len(idx) else None
 
 
-def tune(F, y, attacker: str, grid: Iterable[float], *, steps: int, score: Callable[[torch.Tensor], float],
-         seed: int = 0, progress: bool | None = None) -> tuple[float, torch.Tensor]:
+def tune(
+    F,
+    y,
+    attacker: str,
+    grid: Iterable[float],
+    *,
+    steps: int,
+    score: Callable[[torch.Tensor], float],
+    seed: int = 0,
+    progress: bool | None = None,
+) -> tuple[float, torch.Tensor]:
     """Pick the step size of ``attacker`` from ``grid`` by a grid search; return (eta, iterates).
 
     ``score(W)`` maps a trajectory to a number, lower is better (e.g. the steps to a target, with
@@ -203,14 +242,21 @@ def tune(F, y, attacker: str, grid: Iterable[float], *, steps: int, score: Calla
     Diverging runs (non-finite iterates) are skipped.
     """
     if attacker not in NEEDS_ETA:
-        raise ValueError(f"attacker must be one of {NEEDS_ETA} (the attackers with a step size), got {attacker!r}")
+        raise ValueError(
+            f"attacker must be one of {NEEDS_ETA} (the attackers with a step size), got {attacker!r}"
+        )
     grid = list(grid)
     if not grid:
         raise ValueError("grid must contain at least one step size")
     if not callable(score):
         raise TypeError(f"score must be callable, got {type(score).__name__}")
     best = None
-    for eta in tqdm(grid, disable=not _validate.progress(progress), desc=f"tuning {attacker}", leave=False):
+    for eta in tqdm(
+        grid,
+        disable=not _validate.progress(progress),
+        desc=f"tuning {attacker}",
+        leave=False,
+    ):
         W = attack(F, y, attacker, steps=steps, eta=eta, seed=seed, progress=False)
         if not bool(torch.isfinite(W).all()):
             continue
@@ -220,4 +266,3 @@ def tune(F, y, attacker: str, grid: Iterable[float], *, steps: int, score: Calla
     if best is None:
         raise ValueError(f"every step size in grid diverged for {attacker!r}")
     return best[1], best[2]
-

@@ -44,7 +44,9 @@ def gd_errors(A, e0, steps: int, *, step_size: float | str = "1/L") -> torch.Ten
     if A.ndim not in (2, 3) or A.shape[-1] != A.shape[-2]:
         raise ValueError(f"A must be n × n or B × n × n, got shape {tuple(A.shape)}")
     if e.shape != A.shape[:-1]:
-        raise ValueError(f"e0 must have shape {tuple(A.shape[:-1])} to match A, got {tuple(e.shape)}")
+        raise ValueError(
+            f"e0 must have shape {tuple(A.shape[:-1])} to match A, got {tuple(e.shape)}"
+        )
     for i, Ai in enumerate(A.reshape(-1, *A.shape[-2:])):
         check_symmetric(Ai, "A" if A.ndim == 2 else f"A[{i}]")
     steps = integer(steps, "steps", minimum=0)

@@ -68,7 +68,9 @@ FIXED_GRID: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 1.9)
 #: The step-count columns of :func:`score`, in order.
 STEP_COLUMNS: tuple[str, ...] = tuple(
     f"steps_{task}_{split}_{attacker}"
-    for split in ("train", "test") for task in ("H", "P") for attacker in ("exact", "fixed")
+    for split in ("train", "test")
+    for task in ("H", "P")
+    for attacker in ("exact", "fixed")
 )
 
 
@@ -105,8 +107,13 @@ def _steps_exact(lam: np.ndarray, u: np.ndarray, target: float, max_steps: int) 
     return max_steps + 1
 
 
-def _steps_fixed(lam: np.ndarray, u: np.ndarray, target: float, max_steps: int,
-                 grid: tuple[float, ...]) -> int:
+def _steps_fixed(
+    lam: np.ndarray,
+    u: np.ndarray,
+    target: float,
+    max_steps: int,
+    grid: tuple[float, ...],
+) -> int:
     """Fewest steps over η = c/λ_max (c in grid) of fixed-step descent; closed form + bisection."""
     w = u * u
     s0 = float(w.sum())
@@ -114,7 +121,9 @@ def _steps_fixed(lam: np.ndarray, u: np.ndarray, target: float, max_steps: int,
         return 0
     best = max_steps + 1
     for c in grid:
-        log_r = 2.0 * np.log(np.abs(1.0 - (c / lam.max()) * lam) + 1e-300)  # ratio² per step, < 1
+        log_r = 2.0 * np.log(
+            np.abs(1.0 - (c / lam.max()) * lam) + 1e-300
+        )  # ratio² per step, < 1
 
         def s(t: int, log_r=log_r) -> float:
             return float(w @ np.exp(t * log_r)) / s0
@@ -129,8 +138,14 @@ def _steps_fixed(lam: np.ndarray, u: np.ndarray, target: float, max_steps: int,
     return best
 
 
-def attack_steps(F, y, *, target: float = 1e-3, max_steps: int = 3000,
-                 fixed_grid: Iterable[float] = FIXED_GRID) -> dict[str, int]:
+def attack_steps(
+    F,
+    y,
+    *,
+    target: float = 1e-3,
+    max_steps: int = 3000,
+    fixed_grid: Iterable[float] = FIXED_GRID,
+) -> dict[str, int]:
     """Steps the two attackers of the module docstring need on the ℓ2 probe over features ``F``.
 
     Returns ``{"exact": t, "fixed": t}``, each the first t with relative suboptimality ≤
@@ -139,13 +154,17 @@ def attack_steps(F, y, *, target: float = 1e-3, max_steps: int = 3000,
     F = as_float64(F, "F", ndim=2).detach()
     y = as_float64(y, "y", ndim=1).detach().to(F.device)
     if len(y) != len(F):
-        raise ValueError(f"y must have {len(F)} entries (one per row of F), got {len(y)}")
+        raise ValueError(
+            f"y must have {len(F)} entries (one per row of F), got {len(y)}"
+        )
     target = _target(target)
     max_steps = integer(max_steps, "max_steps", minimum=1)
     grid = _grid(fixed_grid)
     lam, u, _ = _spectrum(F, y)
-    return {"exact": _steps_exact(lam, u, target, max_steps),
-            "fixed": _steps_fixed(lam, u, target, max_steps, grid)}
+    return {
+        "exact": _steps_exact(lam, u, target, max_steps),
+        "fixed": _steps_fixed(lam, u, target, max_steps, grid),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,12 +177,16 @@ def _target(target) -> float:
 
 def _grid(grid) -> tuple[float, ...]:
     if isinstance(grid, (str, bytes)) or not isinstance(grid, Iterable):
-        raise TypeError(f"fixed_grid must be an iterable of numbers, got {type(grid).__name__}")
+        raise TypeError(
+            f"fixed_grid must be an iterable of numbers, got {type(grid).__name__}"
+        )
     grid = tuple(number(c, "fixed_grid entry", minimum=0.0, strict=True) for c in grid)
     if not grid:
         raise ValueError("fixed_grid must contain at least one step factor c")
     if max(grid) >= 2.0:
-        raise ValueError(f"fixed_grid entries must be < 2 (η = c/λ_max diverges at c >= 2), got {max(grid)}")
+        raise ValueError(
+            f"fixed_grid entries must be < 2 (η = c/λ_max diverges at c >= 2), got {max(grid)}"
+        )
     return grid
 
 
@@ -171,23 +194,31 @@ def _task(X, y, nX: str, ny: str, D: int | None) -> tuple[torch.Tensor, torch.Te
     X = as_float64(X, nX, ndim=2).detach()
     y = as_float64(y, ny, ndim=1).detach()
     if len(y) != len(X):
-        raise ValueError(f"{ny} must have {len(X)} entries (one per row of {nX}), got {len(y)}")
+        raise ValueError(
+            f"{ny} must have {len(X)} entries (one per row of {nX}), got {len(y)}"
+        )
     if D is not None and X.shape[1] != D:
-        raise ValueError(f"{nX} must have {D} columns (the input dimension of XP), got {X.shape[1]}")
+        raise ValueError(
+            f"{nX} must have {D} columns (the input dimension of XP), got {X.shape[1]}"
+        )
     return X, y.to(X.device)
 
 
 def _theta(theta, name: str, D: int, device) -> torch.Tensor:
     t = as_float64(theta, name, ndim=2).detach().to(device)
     if t.shape[0] != D:
-        raise ValueError(f"{name} must have {D} rows (the input dimension), got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have {D} rows (the input dimension), got shape {tuple(t.shape)}"
+        )
     return t
 
 
 def _test_split(XP_test, yP_test, XH_test, yH_test):
     given = [a is not None for a in (XP_test, yP_test, XH_test, yH_test)]
     if any(given) and not all(given):
-        raise ValueError("pass all four of XP_test, yP_test, XH_test, yH_test, or none of them")
+        raise ValueError(
+            "pass all four of XP_test, yP_test, XH_test, yH_test, or none of them"
+        )
     return all(given)
 
 
@@ -199,10 +230,24 @@ def _best_loss(F: torch.Tensor, y: torch.Tensor) -> float:
     return _spectrum(F, y)[2]
 
 
-def score(theta, XP, yP, XH, yH, *, XP_test=None, yP_test=None, XH_test=None, yH_test=None,
-          theta_ref=None, target: float = 1e-3, max_steps: int = 3000,
-          fixed_grid: Iterable[float] = FIXED_GRID, convention: str = "pinv",
-          tol: float = 1e-6) -> dict[str, float | int | bool]:
+def score(
+    theta,
+    XP,
+    yP,
+    XH,
+    yH,
+    *,
+    XP_test=None,
+    yP_test=None,
+    XH_test=None,
+    yH_test=None,
+    theta_ref=None,
+    target: float = 1e-3,
+    max_steps: int = 3000,
+    fixed_grid: Iterable[float] = FIXED_GRID,
+    convention: str = "pinv",
+    tol: float = 1e-6,
+) -> dict[str, float | int | bool]:
     """One table row: how an extractor θ looks to the attacker and to the legitimate user.
 
     Parameters
@@ -241,38 +286,69 @@ def score(theta, XP, yP, XH, yH, *, XP_test=None, yP_test=None, XH_test=None, yH
     D, dev = XP.shape[1], XP.device
     XH, yH = _task(XH, yH, "XH", "yH", D)
     theta = _theta(theta, "theta", D, dev)
-    ref = torch.eye(D, dtype=torch.float64, device=dev) if theta_ref is None else _theta(theta_ref, "theta_ref", D, dev)
+    ref = (
+        torch.eye(D, dtype=torch.float64, device=dev)
+        if theta_ref is None
+        else _theta(theta_ref, "theta_ref", D, dev)
+    )
     has_test = _test_split(XP_test, yP_test, XH_test, yH_test)
-    target, max_steps, grid = _target(target), integer(max_steps, "max_steps", minimum=1), _grid(fixed_grid)
+    target, max_steps, grid = (
+        _target(target),
+        integer(max_steps, "max_steps", minimum=1),
+        _grid(fixed_grid),
+    )
     choice(convention, "convention", CONVENTIONS)
     tol = nonneg(tol, "tol")
 
-    r = rir(XP, XH, theta, theta0=None if theta_ref is None else ref, convention=convention)
+    r = rir(
+        XP, XH, theta, theta0=None if theta_ref is None else ref, convention=convention
+    )
     loss, loss_ref = _best_loss(XP @ theta, yP), _best_loss(XP @ ref, yP)
     floor = 1e-12 * 0.5 * float(yP @ yP)  # "zero loss": both fit D_P exactly
-    kept = 1.0 if loss <= floor and loss_ref <= floor else (loss / loss_ref if loss_ref > floor else math.inf)
-    dist = float(torch.linalg.norm(theta - ref)) if theta.shape == ref.shape else math.nan
-    row: dict[str, float | int | bool] = {"i": r.i, "ii": r.ii, "rir": r.rir, "kappa_P": r.kappa_P,
-                                          "kappa_H": r.kappa_H, "loss_P_kept": kept, "theta_dist": dist}
+    kept = (
+        1.0
+        if loss <= floor and loss_ref <= floor
+        else (loss / loss_ref if loss_ref > floor else math.inf)
+    )
+    dist = (
+        float(torch.linalg.norm(theta - ref)) if theta.shape == ref.shape else math.nan
+    )
+    row: dict[str, float | int | bool] = {
+        "i": r.i,
+        "ii": r.ii,
+        "rir": r.rir,
+        "kappa_P": r.kappa_P,
+        "kappa_H": r.kappa_H,
+        "loss_P_kept": kept,
+        "theta_dist": dist,
+    }
     splits = {"train": (XP, yP, XH, yH)}
     if has_test:
-        splits["test"] = (*_task(XP_test, yP_test, "XP_test", "yP_test", D),
-                          *_task(XH_test, yH_test, "XH_test", "yH_test", D))
+        splits["test"] = (
+            *_task(XP_test, yP_test, "XP_test", "yP_test", D),
+            *_task(XH_test, yH_test, "XH_test", "yH_test", D),
+        )
     for split in ("train", "test"):
         for task in ("H", "P"):
             if split not in splits:
-                row[f"steps_{task}_{split}_exact"] = row[f"steps_{task}_{split}_fixed"] = math.nan
+                row[f"steps_{task}_{split}_exact"] = row[
+                    f"steps_{task}_{split}_fixed"
+                ] = math.nan
                 continue
             Xp, yp, Xh, yh = splits[split]
             X, y = (Xh, yh) if task == "H" else (Xp, yp)
             lam, u, _ = _spectrum(X @ theta, y)
             row[f"steps_{task}_{split}_exact"] = _steps_exact(lam, u, target, max_steps)
-            row[f"steps_{task}_{split}_fixed"] = _steps_fixed(lam, u, target, max_steps, grid)
+            row[f"steps_{task}_{split}_fixed"] = _steps_fixed(
+                lam, u, target, max_steps, grid
+            )
     flag_split = "test" if has_test else "train"
     Xh, yh = splits[flag_split][2:]
     lam, u, _ = _spectrum(Xh, yh)
     row["def31"] = bool(r.i > 1 and r.ii <= 1 + tol and kept <= 1 + tol)
-    row["slower_than_identity"] = bool(row[f"steps_H_{flag_split}_exact"] > _steps_exact(lam, u, target, max_steps))
+    row["slower_than_identity"] = bool(
+        row[f"steps_H_{flag_split}_exact"] > _steps_exact(lam, u, target, max_steps)
+    )
     return row
 
 
@@ -284,14 +360,18 @@ def score_table(thetas: Mapping[str, object], XP, yP, XH, yH, **kwargs) -> pd.Da
     attacker is slower than on the raw inputs). ``kwargs`` are :func:`score`'s keywords.
     """
     if not isinstance(thetas, Mapping) or not thetas:
-        raise TypeError("thetas must be a non-empty mapping from a method name to its extractor θ")
+        raise TypeError(
+            "thetas must be a non-empty mapping from a method name to its extractor θ"
+        )
     for name in thetas:
         if not isinstance(name, str):
             raise TypeError(f"thetas must be keyed by method names (str), got {name!r}")
     D = as_float64(XP, "XP", ndim=2).shape[1]
     named = dict(thetas) if "identity" in thetas else {"identity": np.eye(D), **thetas}
     table = pd.DataFrame.from_dict(
-        {name: score(theta, XP, yP, XH, yH, **kwargs) for name, theta in named.items()}, orient="index")
+        {name: score(theta, XP, yP, XH, yH, **kwargs) for name, theta in named.items()},
+        orient="index",
+    )
     table.index.name = "method"
     for c in STEP_COLUMNS:
         table[c + "_vs_identity"] = table[c] / table.loc["identity", c]

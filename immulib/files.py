@@ -90,25 +90,33 @@ FINGERPRINTS: dict[tuple[str, str], Fingerprint] = {
         460_676, "1e18addf81e5e4d347cc17ee6075bbe4a42b7fa26b9e5b063e8f692a5f929d41"
     ),
     ("mnist", "train-images-idx3-ubyte.gz"): Fingerprint(
-        47_040_016, "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", True
+        47_040_016,
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        True,
     ),
     ("mnist", "train-labels-idx1-ubyte.gz"): Fingerprint(
         60_008, "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", True
     ),
     ("mnist", "t10k-images-idx3-ubyte.gz"): Fingerprint(
-        7_840_016, "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", True
+        7_840_016,
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        True,
     ),
     ("mnist", "t10k-labels-idx1-ubyte.gz"): Fingerprint(
         10_008, "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", True
     ),
     ("fashion_mnist", "train-images-idx3-ubyte.gz"): Fingerprint(
-        47_040_016, "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", True
+        47_040_016,
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        True,
     ),
     ("fashion_mnist", "train-labels-idx1-ubyte.gz"): Fingerprint(
         60_008, "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", True
     ),
     ("fashion_mnist", "t10k-images-idx3-ubyte.gz"): Fingerprint(
-        7_840_016, "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", True
+        7_840_016,
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        True,
     ),
     ("fashion_mnist", "t10k-labels-idx1-ubyte.gz"): Fingerprint(
         10_008, "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", True
@@ -154,7 +162,9 @@ def resolve_timeout(timeout: float | None) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"${TIMEOUT_ENV_VAR} must be a number of seconds, got {text!r}") from None
+        raise ValueError(
+            f"${TIMEOUT_ENV_VAR} must be a number of seconds, got {text!r}"
+        ) from None
     return positive(value, f"${TIMEOUT_ENV_VAR}")
 
 
@@ -162,7 +172,9 @@ def _search_roots(data_dir) -> list[tuple[str, Path]]:
     roots: list[tuple[str, Path]] = []
     if data_dir is not None:
         if not isinstance(data_dir, (str, os.PathLike)):
-            raise TypeError(f"data_dir must be a path or None, got {type(data_dir).__name__}")
+            raise TypeError(
+                f"data_dir must be a path or None, got {type(data_dir).__name__}"
+            )
         roots.append(("data_dir argument", Path(data_dir).expanduser()))
     if os.environ.get(ENV_VAR):
         roots.append((f"${ENV_VAR}", Path(os.environ[ENV_VAR]).expanduser()))
@@ -175,7 +187,9 @@ def _fingerprint_of(dataset: str, name: str) -> Fingerprint:
         return FINGERPRINTS[(dataset, name)]
     except KeyError:
         known = ", ".join(f"{d}/{n}" for d, n in FINGERPRINTS)
-        raise ValueError(f"{dataset}/{name} is not a known data file; known: {known}") from None
+        raise ValueError(
+            f"{dataset}/{name} is not a known data file; known: {known}"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,16 +282,22 @@ def fetch(url: str, *, timeout: float | None = None, what: str = "") -> bytes:
         raise TimeoutError(f"{url}: no answer within {timeout:g} s ({err})") from None
     except urllib.error.URLError as err:
         if isinstance(err.reason, TimeoutError):
-            raise TimeoutError(f"{url}: no answer within {timeout:g} s ({err.reason})") from None
+            raise TimeoutError(
+                f"{url}: no answer within {timeout:g} s ({err.reason})"
+            ) from None
         raise OSError(f"{url}: {err}") from None
     except OSError as err:
         raise OSError(f"{url}: {err}") from None
 
 
-def install(target: Path, write: Callable[[Path], None], dataset: str, name: str) -> None:
+def install(
+    target: Path, write: Callable[[Path], None], dataset: str, name: str
+) -> None:
     """Write a file through ``write(tmp)`` next to ``target``, verify it, then rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    fd, tmp_name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -314,8 +334,14 @@ def _download(dataset: str, name: str, target: Path, timeout: float) -> None:
     raise OSError("no mirror worked: " + "; ".join(errors))
 
 
-def locate(dataset: str, name: str, data_dir=None, *, download: bool = True,
-           timeout: float | None = None) -> Path:
+def locate(
+    dataset: str,
+    name: str,
+    data_dir=None,
+    *,
+    download: bool = True,
+    timeout: float | None = None,
+) -> Path:
     """Find ``<dataset>/<name>`` in the search order of this module, verified, downloading it if allowed.
 
     The file found is checked against its fingerprint (:func:`verify`); a damaged one raises
@@ -338,7 +364,9 @@ def locate(dataset: str, name: str, data_dir=None, *, download: bool = True,
             return verify(target, dataset, name)
         except OSError as err:  # URLError, timeouts and HTTP errors are OSErrors
             problem = f"the download failed ({err})"
-    searched = "\n".join(f"  - {label}: {root / dataset / name}" for label, root in roots)
+    searched = "\n".join(
+        f"  - {label}: {root / dataset / name}" for label, root in roots
+    )
     raise FileNotFoundError(
         f"{dataset}/{name} is missing and {problem}.\nSearched:\n{searched}\n"
         f"Put the file at one of these places, e.g. set {ENV_VAR}=/path/to/data and copy it to "

@@ -107,7 +107,9 @@ def _check_rows(path: Path, text: str) -> None:
             if value == "NA" and col in NULLABLE_NUMERIC:
                 continue
             if value in ("", "NA") and col in (TARGET_P, TARGET_H):
-                raise ValueError(f"{path}: line {line} (data row {rows}): the target {col} is missing")
+                raise ValueError(
+                    f"{path}: line {line} (data row {rows}): the target {col} is missing"
+                )
             if not _NUMBER.fullmatch(value):
                 raise ValueError(
                     f"{path}: line {line} (data row {rows}): {col} = {value!r} is not a number"
@@ -144,12 +146,16 @@ def read_train_csv(path: str | os.PathLike):
 
 def _locate_train(data_dir, download: bool, timeout) -> Path:
     try:
-        return locate("house_price", "train.csv", data_dir, download=download, timeout=timeout)
+        return locate(
+            "house_price", "train.csv", data_dir, download=download, timeout=timeout
+        )
     except DamagedFileError as err:
         detail = ""
         if err.path is not None:
             try:
-                _check_rows(err.path, err.path.read_text(encoding="utf-8", errors="replace"))
+                _check_rows(
+                    err.path, err.path.read_text(encoding="utf-8", errors="replace")
+                )
             except ValueError as why:
                 detail = f" First problem found: {why}."
         raise DamagedFileError(str(err) + detail, path=err.path) from None
@@ -163,7 +169,9 @@ def _arff_rows(text: str) -> tuple[list[str], list[bool], list[list[str]]]:
     """Attribute names, whether each is numeric, and the data rows of a dense ARFF file."""
     names, numeric, data_at = [], [], None
     lines = text.splitlines()
-    attr = re.compile(r"""@attribute\s+('(?:[^']*)'|"(?:[^"]*)"|\S+)\s+(.+)""", re.IGNORECASE)
+    attr = re.compile(
+        r"""@attribute\s+('(?:[^']*)'|"(?:[^"]*)"|\S+)\s+(.+)""", re.IGNORECASE
+    )
     for i, line in enumerate(lines):
         s = line.strip()
         if not s or s.startswith("%"):
@@ -180,20 +188,27 @@ def _arff_rows(text: str) -> tuple[list[str], list[bool], list[list[str]]]:
     body = [s for s in lines[data_at:] if s.strip() and not s.lstrip().startswith("%")]
     if body and body[0].lstrip().startswith("{"):
         raise OSError("OpenML's file is a sparse ARFF file; expected a dense one")
-    rows = [[v.strip().strip('"') for v in r] for r in csv.reader(body, quotechar="'", skipinitialspace=True)]
+    rows = [
+        [v.strip().strip('"') for v in r]
+        for r in csv.reader(body, quotechar="'", skipinitialspace=True)
+    ]
     return names, numeric, rows
 
 
 def _kaggle_csv(names: list[str], numeric: list[bool], rows: list[list[str]]) -> bytes:
     """The rows written as Kaggle writes train.csv: no quotes, ``NA`` for missing, integers as integers."""
     if tuple(names) != HOUSE_PRICE_COLUMNS:
-        raise OSError("OpenML's house_prices does not have the 81 columns of Kaggle's train.csv")
+        raise OSError(
+            "OpenML's house_prices does not have the 81 columns of Kaggle's train.csv"
+        )
     out = [",".join(names)]
     for row in rows:
         if len(row) != len(names):
-            raise OSError(f"OpenML's house_prices has a row with {len(row)} fields, expected {len(names)}")
+            raise OSError(
+                f"OpenML's house_prices has a row with {len(row)} fields, expected {len(names)}"
+            )
         cells = []
-        for value, is_num in zip(row, numeric):
+        for value, is_num in zip(row, numeric, strict=True):
             if value in ("?", ""):
                 cells.append("NA")
             elif is_num and float(value).is_integer():
@@ -204,7 +219,9 @@ def _kaggle_csv(names: list[str], numeric: list[bool], rows: list[list[str]]) ->
     return ("\n".join(out) + "\n").encode("utf-8")
 
 
-def download_train_csv(target: str | os.PathLike, *, timeout: float | None = None) -> Path:
+def download_train_csv(
+    target: str | os.PathLike, *, timeout: float | None = None
+) -> Path:
     """Rebuild Kaggle's ``train.csv`` at ``target`` from OpenML's dataset 42165, with a timeout.
 
     Asks ``OPENML_URL`` for the dataset's description, downloads its ARFF file (checked against
@@ -219,15 +236,21 @@ def download_train_csv(target: str | os.PathLike, *, timeout: float | None = Non
     target = Path(target)
     url = f"{OPENML_URL}/api/v1/json/data/{HOUSE_PRICES_OPENML_ID}"
     try:
-        desc = json.loads(fetch(url, timeout=timeout, what="the description of OpenML dataset 42165"))
+        desc = json.loads(
+            fetch(url, timeout=timeout, what="the description of OpenML dataset 42165")
+        )
         desc = desc["data_set_description"]
         arff_url = desc["url"]
     except (ValueError, KeyError, TypeError) as err:
         raise OSError(f"{url}: not an OpenML dataset description ({err})") from None
-    arff = fetch(arff_url, timeout=timeout, what="house_price/train.csv (OpenML's ARFF copy)")
+    arff = fetch(
+        arff_url, timeout=timeout, what="house_price/train.csv (OpenML's ARFF copy)"
+    )
     md5 = desc.get("md5_checksum")
     if md5 and hashlib.md5(arff).hexdigest() != md5:
-        raise OSError(f"{arff_url}: MD5 {hashlib.md5(arff).hexdigest()} != {md5} published by OpenML")
+        raise OSError(
+            f"{arff_url}: MD5 {hashlib.md5(arff).hexdigest()} != {md5} published by OpenML"
+        )
     body = _kaggle_csv(*_arff_rows(arff.decode("utf-8")))
     install(target, lambda tmp: tmp.write_bytes(body), "house_price", "train.csv")
     say(f"verified and saved {target}")
@@ -271,7 +294,9 @@ def house_price_split(train):
     if not isinstance(train, pd.DataFrame):
         raise TypeError(f"train must be a pandas DataFrame, got {type(train).__name__}")
     if "MSZoning" not in train.columns:
-        raise ValueError("train has no MSZoning column: it is not Kaggle's House Prices train.csv")
+        raise ValueError(
+            "train has no MSZoning column: it is not Kaggle's House Prices train.csv"
+        )
     rl = train["MSZoning"] == "RL"
     return train[~rl].reset_index(drop=True), train[rl].reset_index(drop=True)
 
@@ -288,7 +313,9 @@ def _authors_preprocess(frame, target: str):
 
     for col in (TARGET_P, TARGET_H):
         if not pd.api.types.is_numeric_dtype(frame[col]) or frame[col].isna().any():
-            raise ValueError(f"the target column {col} must be numbers with no missing value")
+            raise ValueError(
+                f"the target column {col} must be numbers with no missing value"
+            )
     frame = frame.copy()
     for col in frame.columns:
         if pd.api.types.is_numeric_dtype(frame[col]):
@@ -351,7 +378,9 @@ def load_house_prices(
     )
 
 
-def well_posed_columns(XP: np.ndarray, XH: np.ndarray, *, rtol: float = COLLINEAR_RTOL) -> list[int]:
+def well_posed_columns(
+    XP: np.ndarray, XH: np.ndarray, *, rtol: float = COLLINEAR_RTOL
+) -> list[int]:
     """Indices of the columns kept by the ``well_posed`` House Prices setup (the same for both tasks).
 
     The rule, applied to the training rows: (1) drop every column that is constant in X_P or in
@@ -364,7 +393,9 @@ def well_posed_columns(XP: np.ndarray, XH: np.ndarray, *, rtol: float = COLLINEA
     """
     XP, XH = np.asarray(XP, dtype=np.float64), np.asarray(XH, dtype=np.float64)
     if XP.ndim != 2 or XH.ndim != 2 or XP.shape[1] != XH.shape[1]:
-        raise ValueError(f"XP and XH must be 2-d with the same columns, got {XP.shape} and {XH.shape}")
+        raise ValueError(
+            f"XP and XH must be 2-d with the same columns, got {XP.shape} and {XH.shape}"
+        )
     keep: list[int] = []
     for j in range(XP.shape[1]):
         if any(np.ptp(X[:, j]) == 0 for X in (XP, XH)):

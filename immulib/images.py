@@ -16,7 +16,17 @@ import numpy as np
 from ._validate import choice, integer
 from .files import DamagedFileError, locate
 
-__all__ = ["MIRRORS", "MNIST_MEAN", "MNIST_STD", "SPLITS", "ImageSet", "digit_pair", "load_digits_8x8", "load_fashion_mnist", "load_mnist"]
+__all__ = [
+    "MIRRORS",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "SPLITS",
+    "ImageSet",
+    "digit_pair",
+    "load_digits_8x8",
+    "load_fashion_mnist",
+    "load_mnist",
+]
 
 SPLITS = ("train", "test")
 
@@ -53,25 +63,52 @@ def _parse_idx(path: Path, ndim_expected: int) -> np.ndarray:
     magic = int.from_bytes(raw[:4], "big")
     ndim = magic & 0xFF
     if magic >> 8 != 0x08 or ndim != ndim_expected:
-        raise DamagedFileError(f"{path}: not an unsigned-byte IDX file with {ndim_expected} dimensions (magic {magic})")
+        raise DamagedFileError(
+            f"{path}: not an unsigned-byte IDX file with {ndim_expected} dimensions (magic {magic})"
+        )
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def _load_idx_pair(dataset: str, split: str, data_dir, download: bool, timeout) -> ImageSet:
+def _load_idx_pair(
+    dataset: str, split: str, data_dir, download: bool, timeout
+) -> ImageSet:
     choice(split, "split", SPLITS)
     prefix = "train" if split == "train" else "t10k"
-    images = _parse_idx(locate(dataset, f"{prefix}-images-idx3-ubyte.gz", data_dir,
-                               download=download, timeout=timeout), 3)
-    labels = _parse_idx(locate(dataset, f"{prefix}-labels-idx1-ubyte.gz", data_dir,
-                               download=download, timeout=timeout), 1)
+    images = _parse_idx(
+        locate(
+            dataset,
+            f"{prefix}-images-idx3-ubyte.gz",
+            data_dir,
+            download=download,
+            timeout=timeout,
+        ),
+        3,
+    )
+    labels = _parse_idx(
+        locate(
+            dataset,
+            f"{prefix}-labels-idx1-ubyte.gz",
+            data_dir,
+            download=download,
+            timeout=timeout,
+        ),
+        1,
+    )
     if len(images) != len(labels):  # cannot happen with verified files; kept as a guard
-        raise DamagedFileError(f"{dataset} {split}: {len(images)} images but {len(labels)} labels")
+        raise DamagedFileError(
+            f"{dataset} {split}: {len(images)} images but {len(labels)} labels"
+        )
     return ImageSet(images, labels)
 
 
-def load_mnist(split: str = "train", *, data_dir=None, download: bool = True,
-               timeout: float | None = None) -> ImageSet:
+def load_mnist(
+    split: str = "train",
+    *,
+    data_dir=None,
+    download: bool = True,
+    timeout: float | None = None,
+) -> ImageSet:
     """MNIST digits: 60,000 training or 10,000 test images, 28×28 uint8, labels 0–9.
 
     Files are found, verified and downloaded as :func:`immulib.files.locate` says; ``timeout``
@@ -81,8 +118,13 @@ def load_mnist(split: str = "train", *, data_dir=None, download: bool = True,
     return _load_idx_pair("mnist", split, data_dir, download, timeout)
 
 
-def load_fashion_mnist(split: str = "train", *, data_dir=None, download: bool = True,
-                       timeout: float | None = None) -> ImageSet:
+def load_fashion_mnist(
+    split: str = "train",
+    *,
+    data_dir=None,
+    download: bool = True,
+    timeout: float | None = None,
+) -> ImageSet:
     """Fashion-MNIST: 60,000 training or 10,000 test images, 28×28 uint8, labels 0–9.
 
     As :func:`load_mnist`. Chapter: {ref}`ch-deep-nets`.
@@ -101,7 +143,9 @@ def load_digits_8x8() -> ImageSet:
     return ImageSet(d.images.astype(np.uint8), d.target.astype(np.uint8))
 
 
-def digit_pair(data: ImageSet, a: int, b: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def digit_pair(
+    data: ImageSet, a: int, b: int, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Images of class ``a`` (for D_P) and of class ``b`` (for D_H), balanced in count.
 
     As in the authors' code, both classes are subsampled at random to the smaller class's count.
@@ -115,7 +159,9 @@ def digit_pair(data: ImageSet, a: int, b: int, *, seed: int = 0) -> tuple[np.nda
         if isinstance(c, bool) or not isinstance(c, (int, np.integer)):
             raise TypeError(f"{arg} must be an int class label, got {type(c).__name__}")
         if int(c) not in classes:
-            raise ValueError(f"{arg}={c} is not a label of this dataset ({sorted(classes)})")
+            raise ValueError(
+                f"{arg}={c} is not a label of this dataset ({sorted(classes)})"
+            )
     if a == b:
         raise ValueError(f"a and b must be different classes, got a = b = {a}")
     seed = integer(seed, "seed", minimum=0)

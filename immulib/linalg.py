@@ -58,7 +58,11 @@ def pow2_exponent(x) -> int:
 
     Chapter: {ref}`ch-condition-numbers`.
     """
-    m = float(x.detach().abs().max()) if isinstance(x, torch.Tensor) else float(np.max(np.abs(x)))
+    m = (
+        float(x.detach().abs().max())
+        if isinstance(x, torch.Tensor)
+        else float(np.max(np.abs(x)))
+    )
     return math.frexp(m)[1] if m > 0 else 0
 
 
@@ -74,7 +78,9 @@ def scaled_by_pow2(x: torch.Tensor, e: int) -> torch.Tensor:
     return x
 
 
-def unscale(x_s: torch.Tensor, e: int, what: str, *, noise: float = 0.0) -> torch.Tensor:
+def unscale(
+    x_s: torch.Tensor, e: int, what: str, *, noise: float = 0.0
+) -> torch.Tensor:
     """x_s · 2^e, or a ``ValueError`` naming ``what`` if that overflows or underflows float64.
 
     ``noise``: when max|x_s| <= noise the result is rounding noise of a zero and is returned
@@ -94,12 +100,18 @@ def _representable(max_abs_scaled: float, e: int, what: str, hint: str) -> None:
         return
     total = math.frexp(max_abs_scaled)[1] + e
     if total > _MAX_EXP:
-        raise ValueError(f"{what} overflows float64 (its largest entry would be about 2^{total}); {hint}")
+        raise ValueError(
+            f"{what} overflows float64 (its largest entry would be about 2^{total}); {hint}"
+        )
     if total < _MIN_EXP:
-        raise ValueError(f"{what} underflows float64 (its largest entry would be about 2^{total}); {hint}")
+        raise ValueError(
+            f"{what} underflows float64 (its largest entry would be about 2^{total}); {hint}"
+        )
 
 
-_RESCALE_HINT = "rescale the input (e.g. divide it by its largest entry: κ is scale-free)"
+_RESCALE_HINT = (
+    "rescale the input (e.g. divide it by its largest entry: κ is scale-free)"
+)
 
 
 def _square(S, name: str) -> torch.Tensor:
@@ -132,7 +144,9 @@ def singular_values(S) -> torch.Tensor:
     return torch.linalg.svdvals(as_float64(S, "S", ndim=2).detach())
 
 
-def rank_tolerance(sigma: torch.Tensor, shape: tuple[int, int], rank_tol: float | None) -> float:
+def rank_tolerance(
+    sigma: torch.Tensor, shape: tuple[int, int], rank_tol: float | None
+) -> float:
     """The cut-off below which a singular value counts as zero.
 
     ``rank_tol=None`` uses numpy's ``matrix_rank`` rule, σ_max · max(m, n) · eps(float64);
@@ -153,7 +167,9 @@ def _scaled_svdvals(t: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 def _scaled_tolerance(sigma_s: torch.Tensor, e: int, shape, rank_tol) -> float:
     if rank_tol is None:
-        return rank_tolerance(sigma_s, shape, None)  # relative: the same in scaled units
+        return rank_tolerance(
+            sigma_s, shape, None
+        )  # relative: the same in scaled units
     tol = rank_tolerance(sigma_s, shape, rank_tol)
     return float(scaled_by_pow2(torch.tensor(tol, dtype=torch.float64), -e))
 
@@ -219,7 +235,9 @@ def condition_number(
     if rank_tol is not None:
         raise ValueError('rank_tol applies only to convention="pinv"')
     check_symmetric(t, "S")
-    lam = torch.linalg.eigvalsh((t + t.T) / 2 + SHIFT * torch.eye(t.shape[0], dtype=t.dtype))
+    lam = torch.linalg.eigvalsh(
+        (t + t.T) / 2 + SHIFT * torch.eye(t.shape[0], dtype=t.dtype)
+    )
     kept = lam[lam > SHIFT]
     if kept.numel() == 0:
         raise ValueError("S has no eigenvalue above the 1e-6 shift: κ is undefined")
@@ -240,7 +258,9 @@ def gram(X) -> torch.Tensor:
     e = pow2_exponent(t)
     ts = scaled_by_pow2(t, -e)
     K = ts.T @ ts
-    _representable(float(K.detach().abs().max()), 2 * e, "the Gram matrix XᵀX", _RESCALE_HINT)
+    _representable(
+        float(K.detach().abs().max()), 2 * e, "the Gram matrix XᵀX", _RESCALE_HINT
+    )
     K = scaled_by_pow2(K, 2 * e)
     return (K + K.T) / 2  # exactly symmetric, whatever the matmul's rounding
 
@@ -265,6 +285,11 @@ def probe_hessian(theta, K) -> torch.Tensor:
     et, eK = pow2_exponent(theta), pow2_exponent(K)
     ts = scaled_by_pow2(theta, -et)
     H = ts.T @ scaled_by_pow2(K, -eK) @ ts
-    _representable(float(H.detach().abs().max()), 2 * et + eK, "the probe Hessian θᵀKθ", _RESCALE_HINT)
+    _representable(
+        float(H.detach().abs().max()),
+        2 * et + eK,
+        "the probe Hessian θᵀKθ",
+        _RESCALE_HINT,
+    )
     H = scaled_by_pow2(H, 2 * et + eK)
     return (H + H.T) / 2

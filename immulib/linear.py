@@ -45,7 +45,15 @@ import torch
 from tqdm.auto import tqdm
 
 from . import regularizers as reg
-from ._validate import as_float64, choice, flag, integer, nonneg, number, positive, threads
+from ._validate import (
+    as_float64,
+    choice,
+    integer,
+    nonneg,
+    number,
+    positive,
+    threads,
+)
 from ._validate import progress as _progress
 from .linalg import CONVENTIONS, SHIFT, gram
 from .results import ImmunizationResult
@@ -63,7 +71,14 @@ __all__ = [
     "starts",
 ]
 
-METHODS: tuple[str, ...] = ("ours", "r_well_only", "r_ill_only", "constrained", "opt_kappa", "imma")
+METHODS: tuple[str, ...] = (
+    "ours",
+    "r_well_only",
+    "r_ill_only",
+    "constrained",
+    "opt_kappa",
+    "imma",
+)
 #: the methods whose steps follow a :class:`Policy`
 POLICY_METHODS: tuple[str, ...] = ("ours", "r_well_only", "r_ill_only")
 
@@ -71,8 +86,15 @@ POLICY_METHODS: tuple[str, ...] = ("ours", "r_well_only", "r_ill_only")
 #: of 64 (drop_last), λ_P = 100, λ_H = 10⁷, ridge 1 in the preconditioner, applied on the output
 #: side, nn.Linear's default initialisation, ω ~ N(0, I). The code trains 10 epochs; the paper 100.
 AUTHORS_HOUSE_PRICES: dict[str, object] = dict(
-    policy="released", eta=5e-3, batch_size=64, lam_P=100.0, lam_H=1e7, ridge=1.0,
-    precond_side="output", init="linear_default", epochs=10,
+    policy="released",
+    eta=5e-3,
+    batch_size=64,
+    lam_P=100.0,
+    lam_H=1e7,
+    ridge=1.0,
+    precond_side="output",
+    init="linear_default",
+    epochs=10,
 )
 
 EPS = float(torch.finfo(torch.float64).eps)
@@ -90,15 +112,31 @@ class Policy:
 
 
 POLICIES: dict[str, Policy] = {
-    "paper": Policy("paper", "Algorithm 1 as printed: fixed η, λ_P, λ_H; full batch; K⁻¹ "
-                    "preconditioning (λ's by default balance the two preconditioned gradient norms "
-                    "at θ_0, λ_P·‖2θG_well‖ = λ_H·‖2θG_ill‖ = 1/σ-scale, see immunize)",
-                    "gd", True, 5e-3),
-    "adaptive": Policy("adaptive", "each regularizer step sized by its own bound at θ_t: R_well ρ·the "
-                       "Theorem 4.3 (1) bound, R_ill min(ρ·the Theorem 4.3 (2) bound, trust region δ)",
-                       "gd", True, 1e-3),
-    "released": Policy("released", "the released code: Adam, mini-batch Grams, ridge, output-side "
-                       "preconditioner, through the dummy layer", "adam", False, 5e-3),
+    "paper": Policy(
+        "paper",
+        "Algorithm 1 as printed: fixed η, λ_P, λ_H; full batch; K⁻¹ "
+        "preconditioning (λ's by default balance the two preconditioned gradient norms "
+        "at θ_0, λ_P·‖2θG_well‖ = λ_H·‖2θG_ill‖ = 1/σ-scale, see immunize)",
+        "gd",
+        True,
+        5e-3,
+    ),
+    "adaptive": Policy(
+        "adaptive",
+        "each regularizer step sized by its own bound at θ_t: R_well ρ·the "
+        "Theorem 4.3 (1) bound, R_ill min(ρ·the Theorem 4.3 (2) bound, trust region δ)",
+        "gd",
+        True,
+        1e-3,
+    ),
+    "released": Policy(
+        "released",
+        "the released code: Adam, mini-batch Grams, ridge, output-side "
+        "preconditioner, through the dummy layer",
+        "adam",
+        False,
+        5e-3,
+    ),
 }
 
 
@@ -146,22 +184,33 @@ class Problem:
     @classmethod
     def from_data(cls, XP, yP, XH, yH=None) -> Problem:
         """One problem (B = 1) from the rows of D_P (inputs and targets) and D_H."""
-        XP, XH = as_float64(XP, "XP", ndim=2).detach(), as_float64(XH, "XH", ndim=2).detach()
+        XP, XH = (
+            as_float64(XP, "XP", ndim=2).detach(),
+            as_float64(XH, "XH", ndim=2).detach(),
+        )
         yP = as_float64(yP, "yP", ndim=1).detach()
         if len(yP) != len(XP):
-            raise ValueError(f"yP must have {len(XP)} entries (one per row of XP), got {len(yP)}")
+            raise ValueError(
+                f"yP must have {len(XP)} entries (one per row of XP), got {len(yP)}"
+            )
         if XH.shape[1] != XP.shape[1]:
-            raise ValueError(f"XH must have {XP.shape[1]} columns like XP, got {XH.shape[1]}")
+            raise ValueError(
+                f"XH must have {XP.shape[1]} columns like XP, got {XH.shape[1]}"
+            )
         KP, KH = gram(XP), gram(XH)
         one = lambda v: torch.tensor([float(v)], dtype=torch.float64)  # noqa: E731
         bH = cH = NH = None
         if yH is not None:
             yH = as_float64(yH, "yH", ndim=1).detach()
             if len(yH) != len(XH):
-                raise ValueError(f"yH must have {len(XH)} entries (one per row of XH), got {len(yH)}")
+                raise ValueError(
+                    f"yH must have {len(XH)} entries (one per row of XH), got {len(yH)}"
+                )
             bH, cH, NH = (XH.T @ yH)[None], one(yH @ yH), one(len(yH))
         KP = KP[None]
-        return cls(KP, KH[None], KP, (XP.T @ yP)[None], one(yP @ yP), one(len(yP)), bH, cH, NH)
+        return cls(
+            KP, KH[None], KP, (XP.T @ yP)[None], one(yP @ yP), one(len(yP)), bH, cH, NH
+        )
 
 
 def _sym(A):
@@ -205,7 +254,9 @@ def _g_well(lam, V):
     """∇R_well(H) = σ₁v₁v₁ᵀ − H/p from H's eigen-decomposition (batched)."""
     p = lam.shape[-1]
     top = torch.full(lam.shape[:1], p - 1, device=lam.device)
-    return _sym(lam[:, -1, None, None] * _outer(V, top) - (V * lam[:, None, :]) @ V.mT / p)
+    return _sym(
+        lam[:, -1, None, None] * _outer(V, top) - (V * lam[:, None, :]) @ V.mT / p
+    )
 
 
 def _g_ill(lam, V, k):
@@ -214,7 +265,10 @@ def _g_ill(lam, V, k):
     j = D - k
     sk = _pick(lam, j)
     g = (lam**2).sum(-1) / (2 * k) - sk**2 / 2
-    G = (sk[:, None, None] * _outer(V, j) - (V * lam[:, None, :]) @ V.mT / k[:, None, None])
+    G = (
+        sk[:, None, None] * _outer(V, j)
+        - (V * lam[:, None, :]) @ V.mT / k[:, None, None]
+    )
     return _sym(G / (g**2)[:, None, None]), g, sk
 
 
@@ -232,8 +286,11 @@ def _bound_well(lam, k):
     s1, s2 = lam[:, -1], lam[:, -2].clamp_min(0)
     smin = _pick(lam, p - k).clamp_min(0)
     first = (1 - torch.sqrt(smin / s1)) / (2 * s1 * (1 - 1 / p))
-    second = torch.where(s2 > 0, p * (torch.sqrt(s1 / s2.clamp_min(1e-300)) - 1) / (2 * s2.clamp_min(1e-300)),
-                         torch.full_like(s1, math.inf))
+    second = torch.where(
+        s2 > 0,
+        p * (torch.sqrt(s1 / s2.clamp_min(1e-300)) - 1) / (2 * s2.clamp_min(1e-300)),
+        torch.full_like(s1, math.inf),
+    )
     out = torch.minimum(first, second)
     return torch.where(s1 - smin <= reg.UNIQUE_RTOL * s1, torch.zeros_like(out), out)
 
@@ -243,7 +300,10 @@ def _grad_log_kappa(theta, K, lam, V, k):
     D = lam.shape[-1]
     top = torch.full(lam.shape[:1], D - 1, device=lam.device)
     j = D - k
-    M = _outer(V, top) / lam[:, -1, None, None] - _outer(V, j) / _pick(lam, j)[:, None, None]
+    M = (
+        _outer(V, top) / lam[:, -1, None, None]
+        - _outer(V, j) / _pick(lam, j)[:, None, None]
+    )
     return 2 * K @ theta @ M
 
 
@@ -253,7 +313,11 @@ def _sup(prob: Problem, theta, omega):
     Ku = (prob.Ks @ u[..., None])[..., 0]
     gu = 2 * (Ku - prob.bs) / prob.Ns[:, None]
     loss = ((u * Ku).sum(-1) - 2 * (prob.bs * u).sum(-1) + prob.cs) / prob.Ns
-    return gu[..., :, None] * omega[..., None, :], (theta.mT @ gu[..., None])[..., 0], loss
+    return (
+        gu[..., :, None] * omega[..., None, :],
+        (theta.mT @ gu[..., None])[..., 0],
+        loss,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,14 +347,33 @@ class _Adam:
 def _log_kappa_t(H, k):
     """log κ of a batch of PSD matrices, differentiable (IMMA's autograd path only)."""
     lam = torch.linalg.eigvalsh(_sym(H))
-    return torch.log(lam[:, -1]) - torch.log(_pick(lam, lam.shape[-1] - k).clamp_min(1e-300))
+    return torch.log(lam[:, -1]) - torch.log(
+        _pick(lam, lam.shape[-1] - k).clamp_min(1e-300)
+    )
 
 
-def run(prob: Problem, method: str = "ours", *, policy: str = "adaptive", steps: int = 400,
-        eta: float | None = None, lam_P=None, lam_H=None, rho: float = 0.9, delta: float = 0.01,
-        mu: float = 1.0, beta: float = 3.0, inner_steps: int = 10, theta_init=None, omega_init=None,
-        record_every: int = 10, conventions: tuple[str, ...] = ("pinv",), solver: Callable | None = None,
-        progress: bool | None = None, desc: str | None = None):
+def run(
+    prob: Problem,
+    method: str = "ours",
+    *,
+    policy: str = "adaptive",
+    steps: int = 400,
+    eta: float | None = None,
+    lam_P=None,
+    lam_H=None,
+    rho: float = 0.9,
+    delta: float = 0.01,
+    mu: float = 1.0,
+    beta: float = 3.0,
+    inner_steps: int = 10,
+    theta_init=None,
+    omega_init=None,
+    record_every: int = 10,
+    conventions: tuple[str, ...] = ("pinv",),
+    solver: Callable | None = None,
+    progress: bool | None = None,
+    desc: str | None = None,
+):
     """Run ``method`` on the B problems of ``prob`` for ``steps`` full-batch steps.
 
     Returns ``(theta (B, D, D), omega (B, D), history, info)``: ``history`` a DataFrame with one
@@ -304,12 +387,19 @@ def run(prob: Problem, method: str = "ours", *, policy: str = "adaptive", steps:
     choice(method, "method", METHODS)
     choice(policy, "policy", POLICIES)
     if method in POLICY_METHODS and policy == "released":
-        raise ValueError('policy="released" needs the rows of X (mini-batches): call immunize()')
-    steps, record_every, inner_steps = (integer(steps, "steps", 1), integer(record_every, "record_every", 1),
-                                        integer(inner_steps, "inner_steps", 1))
+        raise ValueError(
+            'policy="released" needs the rows of X (mini-batches): call immunize()'
+        )
+    steps, record_every, inner_steps = (
+        integer(steps, "steps", 1),
+        integer(record_every, "record_every", 1),
+        integer(inner_steps, "inner_steps", 1),
+    )
     rho = number(rho, "rho", minimum=0.0, strict=True)
     if rho >= 1:
-        raise ValueError(f"rho must be < 1 (a fraction of a Theorem 4.3 bound), got {rho}")
+        raise ValueError(
+            f"rho must be < 1 (a fraction of a Theorem 4.3 bound), got {rho}"
+        )
     delta, mu, beta = positive(delta, "delta"), positive(mu, "mu"), nonneg(beta, "beta")
     for c in conventions:
         choice(c, "conventions", CONVENTIONS)
@@ -317,44 +407,78 @@ def run(prob: Problem, method: str = "ours", *, policy: str = "adaptive", steps:
         raise ValueError('method="imma" needs the harmful targets yH')
     eig = solver or _eig
     B, D, dev = prob.B, prob.D, prob.KP.device
-    theta = (torch.eye(D, dtype=torch.float64, device=dev).expand(B, D, D).clone() if theta_init is None
-             else theta_init.to(dev, torch.float64).expand(B, D, D).clone())
-    omega = (torch.zeros(B, D, dtype=torch.float64, device=dev) if omega_init is None
-             else omega_init.to(dev, torch.float64).expand(B, D).clone())
+    theta = (
+        torch.eye(D, dtype=torch.float64, device=dev).expand(B, D, D).clone()
+        if theta_init is None
+        else theta_init.to(dev, torch.float64).expand(B, D, D).clone()
+    )
+    omega = (
+        torch.zeros(B, D, dtype=torch.float64, device=dev)
+        if omega_init is None
+        else omega_init.to(dev, torch.float64).expand(B, D).clone()
+    )
     pol = POLICIES[policy]
     if eta is None:
-        eta = pol.default_eta if method in POLICY_METHODS else (0.1 if method == "constrained" else 1e-2)
+        eta = (
+            pol.default_eta
+            if method in POLICY_METHODS
+            else (0.1 if method == "constrained" else 1e-2)
+        )
     eta = positive(eta, "eta")
     lamP0, VP0 = eig(theta.mT @ prob.KP @ theta)
     lamH0, VH0 = eig(theta.mT @ prob.KH @ theta)
     kP, kH = _rank(lamP0), _rank(lamH0)
     if bool((kH < 2).any()) or bool((kP < 2).any()):
-        raise ValueError("H_P(θ_0) and H_H(θ_0) need rank >= 2 for κ and the regularizers")
+        raise ValueError(
+            "H_P(θ_0) and H_H(θ_0) need rank >= 2 for κ and the regularizers"
+        )
     lamK = eig(prob.KP)[0]
-    kappa_budget = _kappa(lamK, _rank(lamK), "pinv")  # κ(K_P) = κ(H_P(I)): Definition 3.1 (b)
+    kappa_budget = _kappa(
+        lamK, _rank(lamK), "pinv"
+    )  # κ(K_P) = κ(H_P(I)): Definition 3.1 (b)
 
     # the weights of the regularizers
     on_P = 0.0 if method == "r_ill_only" else 1.0
     on_H = 0.0 if method == "r_well_only" else 1.0
-    if method in POLICY_METHODS and policy == "paper" and (lam_P is None or lam_H is None):
+    if (
+        method in POLICY_METHODS
+        and policy == "paper"
+        and (lam_P is None or lam_H is None)
+    ):
         # balance the two preconditioned gradient norms at θ_0, each scaled so that η·λ·‖2θG‖ is
         # η times the relative size of θ: λ_P = ‖θ‖/‖2θG_well‖, λ_H = ‖θ‖/‖2θG_ill‖
         nth = theta.flatten(1).norm(dim=1)
         GP0 = _g_well(lamP0, VP0)
         GH0 = _g_ill(lamH0, VH0, kH)[0]
-        lP = nth / (2 * theta @ GP0).flatten(1).norm(dim=1) if lam_P is None else torch.full((B,), float(lam_P))
-        lH = nth / (2 * theta @ GH0).flatten(1).norm(dim=1) if lam_H is None else torch.full((B,), float(lam_H))
+        lP = (
+            nth / (2 * theta @ GP0).flatten(1).norm(dim=1)
+            if lam_P is None
+            else torch.full((B,), float(lam_P))
+        )
+        lH = (
+            nth / (2 * theta @ GH0).flatten(1).norm(dim=1)
+            if lam_H is None
+            else torch.full((B,), float(lam_H))
+        )
     else:
-        lP = torch.full((B,), 1.0 if lam_P is None else nonneg(lam_P, "lam_P"), dtype=torch.float64)
-        lH = torch.full((B,), 1.0 if lam_H is None else nonneg(lam_H, "lam_H"), dtype=torch.float64)
+        lP = torch.full(
+            (B,), 1.0 if lam_P is None else nonneg(lam_P, "lam_P"), dtype=torch.float64
+        )
+        lH = torch.full(
+            (B,), 1.0 if lam_H is None else nonneg(lam_H, "lam_H"), dtype=torch.float64
+        )
     lP, lH = (lP * on_P).to(dev, torch.float64), (lH * on_H).to(dev, torch.float64)
     if method not in POLICY_METHODS:
         lP = lH = torch.full((B,), math.nan, dtype=torch.float64, device=dev)
 
     adam = _Adam(eta) if method in ("opt_kappa", "imma") else None
-    if method == "constrained":  # K_P⁺ (pseudo-inverse: the authors' setup has a singular K_P)
+    if (
+        method == "constrained"
+    ):  # K_P⁺ (pseudo-inverse: the authors' setup has a singular K_P)
         lamK_, VK = eig(prob.KP)
-        inv = torch.where(lamK_ > lamK_[:, -1:] * D * EPS, 1 / lamK_, torch.zeros_like(lamK_))
+        inv = torch.where(
+            lamK_ > lamK_[:, -1:] * D * EPS, 1 / lamK_, torch.zeros_like(lamK_)
+        )
         KP_pinv = _sym((VK * inv[:, None, :]) @ VK.mT)
         best_kH = torch.full((B,), -math.inf, dtype=torch.float64, device=dev)
         best_theta, best_omega = theta.clone(), omega.clone()
@@ -370,16 +494,26 @@ def run(prob: Problem, method: str = "ours", *, policy: str = "adaptive", steps:
                 row["kappa_H" + suffix] = float(_kappa(lamH, _rank(lamH), c)[b])
             rows.append(row)
 
-    bar = tqdm(total=steps, disable=not _progress(progress), desc=desc or method, leave=False)
+    bar = tqdm(
+        total=steps, disable=not _progress(progress), desc=desc or method, leave=False
+    )
     omega_t = omega
     for t in range(steps + 1):
         HP, HH = theta.mT @ prob.KP @ theta, theta.mT @ prob.KH @ theta
         g_theta, g_omega, loss = _sup(prob, theta, omega)
-        if not (bool(torch.isfinite(HP).all()) and bool(torch.isfinite(HH).all())
-                and bool(torch.isfinite(loss).all())):
+        if not (
+            bool(torch.isfinite(HP).all())
+            and bool(torch.isfinite(HH).all())
+            and bool(torch.isfinite(loss).all())
+        ):
             raise FloatingPointError(
                 f"{method} diverged at step {t} (non-finite spectrum or loss): lower eta={eta:g}"
-                + (f" or the weights lam_P/lam_H={lam_P}/{lam_H}" if method in POLICY_METHODS else f", mu={mu:g}"))
+                + (
+                    f" or the weights lam_P/lam_H={lam_P}/{lam_H}"
+                    if method in POLICY_METHODS
+                    else f", mu={mu:g}"
+                )
+            )
         lamP, VP = eig(HP)
         lamH, VH = eig(HH)
         if method == "constrained":  # keep the feasible iterate with the largest κ(H_H)
@@ -394,15 +528,42 @@ def run(prob: Problem, method: str = "ours", *, policy: str = "adaptive", steps:
         if t == steps:
             break
         # the head: a gradient step on L, capped by the inverse Lipschitz constant Ns/(2σ_max(θᵀKsθ))
-        top = lamP[:, -1] if prob.Ks is prob.KP else torch.linalg.eigvalsh(_sym(theta.mT @ prob.Ks @ theta))[:, -1]
+        top = (
+            lamP[:, -1]
+            if prob.Ks is prob.KP
+            else torch.linalg.eigvalsh(_sym(theta.mT @ prob.Ks @ theta))[:, -1]
+        )
         cap = prob.Ns / (2 * top)
-        eta_w = torch.minimum(torch.full_like(cap, eta), cap) if method in POLICY_METHODS else cap
+        eta_w = (
+            torch.minimum(torch.full_like(cap, eta), cap)
+            if method in POLICY_METHODS
+            else cap
+        )
         omega_t = omega - eta_w[:, None] * g_omega
         if method in POLICY_METHODS:
-            theta = _policy_step(pol, theta, omega, g_theta, lamP, VP, lamH, VH, kP, kH, lP, lH,
-                                 eta, rho, delta, LK, prob)
+            theta = _policy_step(
+                pol,
+                theta,
+                omega,
+                g_theta,
+                lamP,
+                VP,
+                lamH,
+                VH,
+                kP,
+                kH,
+                lP,
+                lH,
+                eta,
+                rho,
+                delta,
+                LK,
+                prob,
+            )
         elif method == "imma":
-            theta = adam.step(theta, _imma_grad(prob, theta, omega, mu, inner_steps, kH))
+            theta = adam.step(
+                theta, _imma_grad(prob, theta, omega, mu, inner_steps, kH)
+            )
         else:
             gHk = _grad_log_kappa(theta, prob.KH, lamH, VH, kH)
             gPk = _grad_log_kappa(theta, prob.KP, lamP, VP, kP)
@@ -412,9 +573,13 @@ def run(prob: Problem, method: str = "ours", *, policy: str = "adaptive", steps:
             else:  # constrained: ascend log κ(H_H), penalise log κ(H_P) above log κ(K_P);
                 # K_P⁻¹-preconditioned (as Algorithm 1 preconditions R_well) and normalised:
                 # ‖Δθ‖_F = η‖θ‖_F, so η is the relative change of θ per step
-                viol = (torch.log(_kappa(lamP, kP, "pinv")) - torch.log(kappa_budget)).clamp_min(0)
+                viol = (
+                    torch.log(_kappa(lamP, kP, "pinv")) - torch.log(kappa_budget)
+                ).clamp_min(0)
                 P = KP_pinv @ (-gHk + 2 * beta * viol[:, None, None] * gPk)
-                scale = theta.flatten(1).norm(dim=1) / P.flatten(1).norm(dim=1).clamp_min(1e-300)
+                scale = theta.flatten(1).norm(dim=1) / P.flatten(1).norm(
+                    dim=1
+                ).clamp_min(1e-300)
                 # the step decays linearly to 0, and the best feasible iterate is kept (below)
                 theta = theta - eta * (1 - t / steps) * scale[:, None, None] * P
         omega = omega_t
@@ -423,18 +588,41 @@ def run(prob: Problem, method: str = "ours", *, policy: str = "adaptive", steps:
     info = dict(lam_P=lP.tolist(), lam_H=lH.tolist(), restoration_steps=[0] * B)
     if method == "constrained":
         # the last iterate if it is feasible after restoration and better, else the best feasible one
-        theta, info["restoration_steps"] = _restore(theta, prob, kP, kappa_budget, rho, eig)
+        theta, info["restoration_steps"] = _restore(
+            theta, prob, kP, kappa_budget, rho, eig
+        )
         last_kH = _kappa(eig(theta.mT @ prob.KH @ theta)[0], kH, "pinv")
         use_last = last_kH >= best_kH
         theta = torch.where(use_last[:, None, None], theta, best_theta)
         omega = torch.where(use_last[:, None], omega, best_omega)
-        lamP, lamH = eig(theta.mT @ prob.KP @ theta)[0], eig(theta.mT @ prob.KH @ theta)[0]
+        lamP, lamH = (
+            eig(theta.mT @ prob.KP @ theta)[0],
+            eig(theta.mT @ prob.KH @ theta)[0],
+        )
         rows = [r for r in rows if r["step"] != steps]
         record(steps, lamP, lamH, _sup(prob, theta, omega)[2])
     return theta, omega, pd.DataFrame(rows), info
 
 
-def _policy_step(pol, theta, omega, g_theta, lamP, VP, lamH, VH, kP, kH, lP, lH, eta, rho, delta, LK, prob):
+def _policy_step(
+    pol,
+    theta,
+    omega,
+    g_theta,
+    lamP,
+    VP,
+    lamH,
+    VH,
+    kP,
+    kH,
+    lP,
+    lH,
+    eta,
+    rho,
+    delta,
+    LK,
+    prob,
+):
     """One full-batch step of ``"ours"``/``"r_well_only"``/``"r_ill_only"`` under ``pol``."""
     B = theta.shape[0]
     M = torch.zeros_like(theta)
@@ -472,7 +660,9 @@ def _imma_grad(prob, theta, omega, mu, inner_steps, kH):
         w = torch.zeros_like(omega)
         for _ in range(inner_steps):
             w = w - alpha[:, None] * ((A @ w[..., None])[..., 0] - bw)
-        lossH = ((w * (A @ w[..., None])[..., 0]).sum(-1) / 2 - (bw * w).sum(-1)) + prob.cH / prob.NH
+        lossH = (
+            (w * (A @ w[..., None])[..., 0]).sum(-1) / 2 - (bw * w).sum(-1)
+        ) + prob.cH / prob.NH
         (g,) = torch.autograd.grad((lossP - mu * lossH).sum(), th)
     return g
 
@@ -485,7 +675,9 @@ def _restore(theta, prob, kP, budget, rho, eig, max_steps: int = 10_000):
         over = _kappa(lam, kP, "pinv") > budget * (1 + 1e-9)
         if not bool(over.any()):
             break
-        etaP = torch.where(over, rho * _bound_well(lam, kP), torch.zeros_like(lam[:, 0]))
+        etaP = torch.where(
+            over, rho * _bound_well(lam, kP), torch.zeros_like(lam[:, 0])
+        )
         theta = theta - 2 * theta @ (etaP[:, None, None] * _g_well(lam, V))
         for b in torch.nonzero(over).flatten().tolist():
             counts[b] += 1
@@ -511,7 +703,9 @@ class _Precondition(torch.autograd.Function):
         return torch.linalg.solve(K, grad.T).T, None, None
 
 
-def precondition(theta: torch.Tensor, K, *, ridge: float = 0.0, side: str = "theta") -> torch.Tensor:
+def precondition(
+    theta: torch.Tensor, K, *, ridge: float = 0.0, side: str = "theta"
+) -> torch.Tensor:
     """The "dummy layer" of paper §4.4 / App. C.3: returns θ; its backward multiplies by (K + ridge·I)⁻¹.
 
     ``side="theta"`` (the paper): the gradient G w.r.t. θ becomes (K + rI)⁻¹G, so R(θ̃ᵀKθ̃) with
@@ -525,15 +719,21 @@ def precondition(theta: torch.Tensor, K, *, ridge: float = 0.0, side: str = "the
     choice(side, "side", ("theta", "output"))
     ridge = nonneg(ridge, "ridge")
     K = as_float64(K, "K", ndim=2).detach()
-    if K.shape[0] != K.shape[1] or K.shape[0] != theta.shape[0 if side == "theta" else 1]:
-        raise ValueError(f"K must be square and match theta's {side} side, got {tuple(K.shape)}")
+    if (
+        K.shape[0] != K.shape[1]
+        or K.shape[0] != theta.shape[0 if side == "theta" else 1]
+    ):
+        raise ValueError(
+            f"K must be square and match theta's {side} side, got {tuple(K.shape)}"
+        )
     K = K + ridge * torch.eye(K.shape[0], dtype=K.dtype)
     lam = torch.linalg.eigvalsh(_sym(K))
     if not bool(lam[0] > lam[-1] * K.shape[0] * EPS):
         raise ValueError(
             f"the preconditioner K + ridge·I is singular (ridge={ridge:g}, rank "
             f"{int(_rank(lam[None])[0])} of {K.shape[0]}): inverting it would give a wrong direction; "
-            "use ridge > 0 (the released code uses 1) or full batches")
+            "use ridge > 0 (the released code uses 1) or full batches"
+        )
     return _Precondition.apply(theta, K, side)
 
 
@@ -541,9 +741,13 @@ def _released_objective(XP, yP, XH, theta, omega, lam_P, lam_H, ridge, side):
     KP, KH = gram(XP), gram(XH)
     loss = ((XP @ theta @ omega - yP) ** 2).mean()
     if lam_P:
-        loss = loss + lam_P * reg.r_well(_th(precondition(theta, KP, ridge=ridge, side=side), KP))
+        loss = loss + lam_P * reg.r_well(
+            _th(precondition(theta, KP, ridge=ridge, side=side), KP)
+        )
     if lam_H:
-        loss = loss + lam_H * reg.r_ill(_th(precondition(theta, KH, ridge=ridge, side=side), KH))
+        loss = loss + lam_H * reg.r_ill(
+            _th(precondition(theta, KH, ridge=ridge, side=side), KH)
+        )
     return loss
 
 
@@ -551,41 +755,82 @@ def _th(theta, K):
     return _sym(theta.T @ K @ theta)
 
 
-def algorithm1_direction(XP, yP, XH, theta, omega, lam_P: float, lam_H: float, *, ridge: float = 0.0,
-                         side: str = "theta") -> torch.Tensor:
+def algorithm1_direction(
+    XP,
+    yP,
+    XH,
+    theta,
+    omega,
+    lam_P: float,
+    lam_H: float,
+    *,
+    ridge: float = 0.0,
+    side: str = "theta",
+) -> torch.Tensor:
     """Line 6 of Algorithm 1 without η, by one backward pass through the dummy layer:
     ∇_θL + λ_P K_P⁻¹∇_θR_well(H_P) + λ_H K_H⁻¹∇_θR_ill(H_H) (``ridge``/``side``: the released variant).
     With ridge 0 and side "theta" it equals ∇_θL + 2θ(λ_P G_well + λ_H G_ill) (tested).
     Chapter: {ref}`ch-house-prices`."""
     theta = as_float64(theta, "theta", ndim=2).detach().requires_grad_(True)
-    loss = _released_objective(as_float64(XP, "XP", ndim=2), as_float64(yP, "yP", ndim=1),
-                               as_float64(XH, "XH", ndim=2), theta, as_float64(omega, "omega", ndim=1),
-                               nonneg(lam_P, "lam_P"), nonneg(lam_H, "lam_H"), nonneg(ridge, "ridge"), side)
+    loss = _released_objective(
+        as_float64(XP, "XP", ndim=2),
+        as_float64(yP, "yP", ndim=1),
+        as_float64(XH, "XH", ndim=2),
+        theta,
+        as_float64(omega, "omega", ndim=1),
+        nonneg(lam_P, "lam_P"),
+        nonneg(lam_H, "lam_H"),
+        nonneg(ridge, "ridge"),
+        side,
+    )
     (grad,) = torch.autograd.grad(loss, theta)
     return grad
 
 
 def _batches(n, batch_size, gen):
     perm = torch.randperm(n, generator=gen)
-    return [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]  # drop_last
+    return [
+        perm[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)
+    ]  # drop_last
 
 
-def _run_released(XP, yP, XH, theta, omega, *, eta, lam_P, lam_H, batch_size, ridge, side, steps,
-                  gen, record, record_every, bar):
+def _run_released(
+    XP,
+    yP,
+    XH,
+    theta,
+    omega,
+    *,
+    eta,
+    lam_P,
+    lam_H,
+    batch_size,
+    ridge,
+    side,
+    steps,
+    gen,
+    record,
+    record_every,
+    bar,
+):
     theta = theta.clone().requires_grad_(True)
     omega = omega.clone().requires_grad_(True)
     opt = torch.optim.Adam([theta, omega], lr=eta)
     n = min(len(XP), len(XH))
     t = 0
     while t < steps:
-        for idx in (_batches(n, batch_size, gen) if batch_size else [slice(None)]):
+        for idx in _batches(n, batch_size, gen) if batch_size else [slice(None)]:
             if t >= steps:
                 break
             opt.zero_grad()
-            obj = _released_objective(XP[idx], yP[idx], XH[idx], theta, omega, lam_P, lam_H, ridge, side)
+            obj = _released_objective(
+                XP[idx], yP[idx], XH[idx], theta, omega, lam_P, lam_H, ridge, side
+            )
             if not bool(torch.isfinite(obj)):
-                raise FloatingPointError(f"released policy diverged at step {t}: lower eta={eta:g} "
-                                         f"or lam_P/lam_H={lam_P:g}/{lam_H:g}")
+                raise FloatingPointError(
+                    f"released policy diverged at step {t}: lower eta={eta:g} "
+                    f"or lam_P/lam_H={lam_P:g}/{lam_H:g}"
+                )
             obj.backward()
             opt.step()
             t += 1
@@ -605,8 +850,14 @@ def starts(D: int, seeds, init: str = "identity") -> tuple[torch.Tensor, torch.T
         if init == "identity":
             thetas.append(torch.eye(D, dtype=torch.float64))
         else:
-            thetas.append((torch.rand(D, D, generator=gen, dtype=torch.float64) * 2 - 1) / math.sqrt(D))
-        omegas.append(torch.randn(D, generator=gen, dtype=torch.float64) / (math.sqrt(D) if init == "identity" else 1.0))
+            thetas.append(
+                (torch.rand(D, D, generator=gen, dtype=torch.float64) * 2 - 1)
+                / math.sqrt(D)
+            )
+        omegas.append(
+            torch.randn(D, generator=gen, dtype=torch.float64)
+            / (math.sqrt(D) if init == "identity" else 1.0)
+        )
     return torch.stack(thetas), torch.stack(omegas)
 
 
@@ -709,20 +960,31 @@ def immunize(
         raise ValueError("give steps or epochs, not both")
     released = method in POLICY_METHODS and policy == "released"
     if not released:
-        for name, v, default in (("epochs", epochs, None), ("batch_size", batch_size, None),
-                                 ("ridge", ridge, 0.0), ("precond_side", precond_side, "theta")):
+        for name, v, default in (
+            ("epochs", epochs, None),
+            ("batch_size", batch_size, None),
+            ("ridge", ridge, 0.0),
+            ("precond_side", precond_side, "theta"),
+        ):
             if v != default:
-                raise ValueError(f'{name} applies only to policy="released" (full-batch methods have no '
-                                 f"{name}), got {v!r}")
+                raise ValueError(
+                    f'{name} applies only to policy="released" (full-batch methods have no '
+                    f"{name}), got {v!r}"
+                )
     prob = Problem.from_data(XP, yP, XH, yH if method == "imma" else None)
     if method == "imma" and yH is None:
         raise ValueError('method="imma" needs the harmful targets yH')
-    XPt, XHt = as_float64(XP, "XP", ndim=2).detach(), as_float64(XH, "XH", ndim=2).detach()
+    XPt, XHt = (
+        as_float64(XP, "XP", ndim=2).detach(),
+        as_float64(XH, "XH", ndim=2).detach(),
+    )
     yPt = as_float64(yP, "yP", ndim=1).detach()
     D = prob.D
     th0, om0 = starts(D, [seed], init)
     theta, omega = th0[0], om0[0]
-    gen = torch.Generator().manual_seed(seed + 1)  # the mini-batch order of the released policy
+    gen = torch.Generator().manual_seed(
+        seed + 1
+    )  # the mini-batch order of the released policy
     if theta_init is not None:
         theta = as_float64(theta_init, "theta_init", ndim=2).detach().clone()
         if theta.shape != (D, D):
@@ -731,49 +993,124 @@ def immunize(
     with threads(num_threads), warnings.catch_warnings():
         warnings.simplefilter("ignore", reg.NonUniqueSingularValueWarning)
         if released:
-            eta_ = positive(POLICIES["released"].default_eta if eta is None else eta, "eta")
+            eta_ = positive(
+                POLICIES["released"].default_eta if eta is None else eta, "eta"
+            )
             lP = 100.0 if lam_P is None else nonneg(lam_P, "lam_P")
             lH = 1e7 if lam_H is None else nonneg(lam_H, "lam_H")
-            lP, lH = (0.0 if method == "r_ill_only" else lP), (0.0 if method == "r_well_only" else lH)
+            lP, lH = (
+                (0.0 if method == "r_ill_only" else lP),
+                (0.0 if method == "r_well_only" else lH),
+            )
             if batch_size is not None:
-                batch_size = integer(batch_size, "batch_size", 1, min(len(XPt), len(XHt)))
+                batch_size = integer(
+                    batch_size, "batch_size", 1, min(len(XPt), len(XHt))
+                )
             n_batches = (min(len(XPt), len(XHt)) // batch_size) if batch_size else 1
-            total = (integer(epochs, "epochs", 1) * n_batches if epochs is not None
-                     else integer(steps, "steps", 1) if steps is not None else 10 * n_batches)
+            total = (
+                integer(epochs, "epochs", 1) * n_batches
+                if epochs is not None
+                else integer(steps, "steps", 1)
+                if steps is not None
+                else 10 * n_batches
+            )
             rows = []
 
             def rec(t, th, om):
                 from .linalg import condition_number as cn
-                rows.append(dict(step=t, kappa_P=cn(_th(th, gram(XPt)), convention=convention),
-                                 kappa_H=cn(_th(th, gram(XHt)), convention=convention),
-                                 loss_P=float(((XPt @ th @ om - yPt) ** 2).mean())))
 
-            bar = tqdm(total=total, disable=not _progress(progress), desc=f"{method} (released)", leave=False)
+                rows.append(
+                    dict(
+                        step=t,
+                        kappa_P=cn(_th(th, gram(XPt)), convention=convention),
+                        kappa_H=cn(_th(th, gram(XHt)), convention=convention),
+                        loss_P=float(((XPt @ th @ om - yPt) ** 2).mean()),
+                    )
+                )
+
+            bar = tqdm(
+                total=total,
+                disable=not _progress(progress),
+                desc=f"{method} (released)",
+                leave=False,
+            )
             rec(0, theta, omega)
             theta_out, omega_out = _run_released(
-                XPt, yPt, XHt, theta, omega, eta=eta_, lam_P=lP, lam_H=lH, batch_size=batch_size,
-                ridge=nonneg(ridge, "ridge"), side=precond_side, steps=total, gen=gen, record=rec,
-                record_every=record_every, bar=bar)
+                XPt,
+                yPt,
+                XHt,
+                theta,
+                omega,
+                eta=eta_,
+                lam_P=lP,
+                lam_H=lH,
+                batch_size=batch_size,
+                ridge=nonneg(ridge, "ridge"),
+                side=precond_side,
+                steps=total,
+                gen=gen,
+                record=rec,
+                record_every=record_every,
+                bar=bar,
+            )
             bar.close()
             history, lams, total_steps = pd.DataFrame(rows), (lP, lH), total
         else:
             total_steps = 400 if steps is None else integer(steps, "steps", 1)
             th, om, history, info = run(
-                prob, method, policy=policy, steps=total_steps, eta=eta, lam_P=lam_P, lam_H=lam_H,
-                rho=rho, delta=delta, mu=mu, beta=beta, inner_steps=inner_steps, theta_init=theta,
-                omega_init=omega, record_every=record_every, conventions=(convention,), progress=progress)
+                prob,
+                method,
+                policy=policy,
+                steps=total_steps,
+                eta=eta,
+                lam_P=lam_P,
+                lam_H=lam_H,
+                rho=rho,
+                delta=delta,
+                mu=mu,
+                beta=beta,
+                inner_steps=inner_steps,
+                theta_init=theta,
+                omega_init=omega,
+                record_every=record_every,
+                conventions=(convention,),
+                progress=progress,
+            )
             theta_out, omega_out = th[0], om[0]
             history = history.drop(columns="problem")
             lams = (info["lam_P"][0], info["lam_H"][0])
     seconds = time.perf_counter() - start
     moved = float((theta_out - theta).norm() / theta.norm())
     if moved < 1e-12:
-        warnings.warn(f"immunize({method!r}): θ did not move from θ_0 (relative change {moved:.1e}); "
-                      "check eta and the weights (a huge weight can make every step bound vanish)",
-                      RuntimeWarning, stacklevel=2)
-    settings = dict(policy=policy if method in POLICY_METHODS else None, steps=total_steps, eta=eta,
-                    rho=rho, delta=delta, mu=mu, beta=beta, inner_steps=inner_steps, batch_size=batch_size,
-                    ridge=ridge, precond_side=precond_side, init=init, seed=seed, convention=convention)
-    return ImmunizationResult(method=method, history=history, lam_P=float(lams[0]), lam_H=float(lams[1]),
-                              seconds=seconds, settings=settings, theta=theta_out.detach().clone(),
-                              omega=omega_out.detach().clone())
+        warnings.warn(
+            f"immunize({method!r}): θ did not move from θ_0 (relative change {moved:.1e}); "
+            "check eta and the weights (a huge weight can make every step bound vanish)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    settings = dict(
+        policy=policy if method in POLICY_METHODS else None,
+        steps=total_steps,
+        eta=eta,
+        rho=rho,
+        delta=delta,
+        mu=mu,
+        beta=beta,
+        inner_steps=inner_steps,
+        batch_size=batch_size,
+        ridge=ridge,
+        precond_side=precond_side,
+        init=init,
+        seed=seed,
+        convention=convention,
+    )
+    return ImmunizationResult(
+        method=method,
+        history=history,
+        lam_P=float(lams[0]),
+        lam_H=float(lams[1]),
+        seconds=seconds,
+        settings=settings,
+        theta=theta_out.detach().clone(),
+        omega=omega_out.detach().clone(),
+    )

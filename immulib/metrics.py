@@ -16,7 +16,14 @@ import torch
 
 from ._validate import as_float64, choice, integer
 from .descent import gd_errors
-from .linalg import CONVENTIONS, condition_number, gram, pow2_exponent, scaled_by_pow2, unscale
+from .linalg import (
+    CONVENTIONS,
+    condition_number,
+    gram,
+    pow2_exponent,
+    scaled_by_pow2,
+    unscale,
+)
 
 __all__ = ["RIR", "START_AT_OPTIMUM_RTOL", "norm_ratio", "rir"]
 
@@ -48,7 +55,9 @@ def _features(X, theta, name: str, *, scale_free: bool = False) -> torch.Tensor:
     depend on the scale. Otherwise a ValueError when Xθ is not representable in float64."""
     theta = as_float64(theta, name, ndim=2).detach()
     if theta.shape[0] != X.shape[1]:
-        raise ValueError(f"{name} must have {X.shape[1]} rows (the input dimension), got {tuple(theta.shape)}")
+        raise ValueError(
+            f"{name} must have {X.shape[1]} rows (the input dimension), got {tuple(theta.shape)}"
+        )
     eX, et = pow2_exponent(X), pow2_exponent(theta)
     F = scaled_by_pow2(X, -eX) @ scaled_by_pow2(theta, -et)
     if scale_free:
@@ -77,9 +86,13 @@ def rir(XP, XH, theta, *, theta0=None, convention: str = "pinv") -> RIR:
     choice(convention, "convention", CONVENTIONS)
     XP, XH = as_float64(XP, "XP", ndim=2), as_float64(XH, "XH", ndim=2)
     if XP.shape[1] != XH.shape[1]:
-        raise ValueError(f"XP and XH must have the same number of columns, got {XP.shape[1]} and {XH.shape[1]}")
+        raise ValueError(
+            f"XP and XH must have the same number of columns, got {XP.shape[1]} and {XH.shape[1]}"
+        )
 
-    scale_free = convention == "pinv"  # κ under "pinv" is scale-free; the 1e-6 shift is not
+    scale_free = (
+        convention == "pinv"
+    )  # κ under "pinv" is scale-free; the 1e-6 shift is not
 
     def kappa(X, th, name):
         if th is None:
@@ -111,7 +124,9 @@ def norm_ratio(X, y, theta, *, steps: int, w0=None) -> torch.Tensor:
     X = as_float64(X, "X", ndim=2)
     y = as_float64(y, "y", ndim=1)
     if len(y) != len(X):
-        raise ValueError(f"y must have {len(X)} entries (one per row of X), got {len(y)}")
+        raise ValueError(
+            f"y must have {len(X)} entries (one per row of X), got {len(y)}"
+        )
     F = _features(X, theta, "theta")
     w_star = torch.linalg.pinv(F) @ y
     w0 = torch.zeros_like(w_star) if w0 is None else as_float64(w0, "w0", ndim=1)

@@ -68,23 +68,33 @@ def _gram(K, name: str) -> torch.Tensor:
     t = (t + t.T) / 2
     lam = torch.linalg.eigvalsh(t)
     if not bool(lam[-1] > 0):
-        raise ValueError(f"{name} must have a positive eigenvalue (it is zero or negative semi-definite)")
+        raise ValueError(
+            f"{name} must have a positive eigenvalue (it is zero or negative semi-definite)"
+        )
     if bool(lam[0] < -PSD_RTOL * lam[-1]):
-        raise ValueError(f"{name} must be positive semi-definite; its smallest eigenvalue is {float(lam[0]):.3g}")
+        raise ValueError(
+            f"{name} must be positive semi-definite; its smallest eigenvalue is {float(lam[0]):.3g}"
+        )
     return t
 
 
 def _pair(KP, KH) -> tuple[torch.Tensor, torch.Tensor]:
     KP, KH = _gram(KP, "KP"), _gram(KH, "KH")
     if KP.shape != KH.shape:
-        raise ValueError(f"KP and KH must have the same shape, got {tuple(KP.shape)} and {tuple(KH.shape)}")
+        raise ValueError(
+            f"KP and KH must have the same shape, got {tuple(KP.shape)} and {tuple(KH.shape)}"
+        )
     return KP, KH
 
 
-def _split(K: torch.Tensor, rank_tol: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _split(
+    K: torch.Tensor, rank_tol: float | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eigenvalues above the rank tolerance, an orthonormal basis of the range and one of the null space."""
     lam, V = torch.linalg.eigh(K)
-    keep = lam.abs() > rank_tolerance(lam.abs(), tuple(K.shape), rank_tol)  # |λ|: as numerical_rank's σ
+    keep = lam.abs() > rank_tolerance(
+        lam.abs(), tuple(K.shape), rank_tol
+    )  # |λ|: as numerical_rank's σ
     return lam[keep].abs(), V[:, keep], V[:, ~keep]
 
 
@@ -163,18 +173,23 @@ def optimal_theta(KP, Q=None, *, rank_tol: float | None = None) -> torch.Tensor:
             raise ValueError(f"Q must be {n} × {n} to match KP, got {tuple(Q.shape)}")
         err = float((Q.T @ Q - torch.eye(n, dtype=torch.float64)).abs().max())
         if err > ORTHO_TOL:
-            raise ValueError(f"Q must be orthogonal (max |QᵀQ − I| = {err:.2g} > {ORTHO_TOL:g})")
+            raise ValueError(
+                f"Q must be orthogonal (max |QᵀQ − I| = {err:.2g} > {ORTHO_TOL:g})"
+            )
     lam, U, N = _split(KP, rank_tol)
     return (U / lam.sqrt()) @ U.T @ Q + N @ N.T @ Q
 
 
 def kappa_ratio(theta, KP, KH, *, convention: str = "pinv") -> float:
     """κ(θᵀK_Hθ)/κ(θᵀK_Pθ), the quantity the generalized spread bounds (κ from :mod:`immulib.linalg`)."""
-    return (condition_number(probe_hessian(theta, KH), convention=convention)
-            / condition_number(probe_hessian(theta, KP), convention=convention))
+    return condition_number(
+        probe_hessian(theta, KH), convention=convention
+    ) / condition_number(probe_hessian(theta, KP), convention=convention)
 
 
-def rir_ceiling(KP, KH, *, convention: str = "pinv", rank_tol: float | None = None) -> float:
+def rir_ceiling(
+    KP, KH, *, convention: str = "pinv", rank_tol: float | None = None
+) -> float:
     """The largest relative immunization ratio (Eq. (15)) any invertible θ can reach.
 
     RIR(θ) = [κ(H_H(θ))/κ(H_P(θ))]·κ(K_P)/κ(K_H) ≤ κ(K_P⁻¹K_H)·κ(K_P)/κ(K_H), with equality at
@@ -204,7 +219,11 @@ def rir_ceiling(KP, KH, *, convention: str = "pinv", rank_tol: float | None = No
     spread = generalized_spread(KP, KH, rank_tol=rank_tol)
     if math.isinf(spread):
         return math.inf
-    return spread * condition_number(KP, rank_tol=rank_tol) / condition_number(KH, rank_tol=rank_tol)
+    return (
+        spread
+        * condition_number(KP, rank_tol=rank_tol)
+        / condition_number(KH, rank_tol=rank_tol)
+    )
 
 
 #: :func:`optimal_theta` under the name of what it does (whitening D_P).
@@ -221,7 +240,9 @@ def _positive_definite(K: torch.Tensor, name: str, rank_tol: float | None) -> No
         )
 
 
-def generalized_eigh(KP, KH, *, rank_tol: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def generalized_eigh(
+    KP, KH, *, rank_tol: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(μ, W) with K_H W = K_P W diag(μ), WᵀK_PW = I and WᵀK_HW = diag(μ), μ ascending, float64.
 
     Both Gram matrices must be positive definite (smallest eigenvalue above ``rank_tol``'s rule,

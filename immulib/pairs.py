@@ -33,8 +33,21 @@ from ._validate import progress as _progress
 from .data import ImageSet
 from .linalg import SHIFT
 
-__all__ = ["MEAN", "SETUPS", "STD", "SUBSET", "DigitGrams", "all_pairs", "digit_features", "digit_grams",
-           "pair_indices", "pixel_support", "problem", "run_batch", "sweep"]
+__all__ = [
+    "MEAN",
+    "SETUPS",
+    "STD",
+    "SUBSET",
+    "DigitGrams",
+    "all_pairs",
+    "digit_features",
+    "digit_grams",
+    "pair_indices",
+    "pixel_support",
+    "problem",
+    "run_batch",
+    "sweep",
+]
 
 MEAN, STD = 0.1307, 0.3081  # MNIST's pixel mean and std (the authors' normalisation)
 SETUPS: tuple[str, ...] = ("well_posed", "authors")
@@ -48,7 +61,9 @@ def all_pairs() -> list[tuple[int, int]]:
     return [(a, b) for a in range(10) for b in range(10) if a != b]
 
 
-def pixel_support(data: ImageSet, setup: str = "well_posed", *, min_frac: float = 0.01) -> np.ndarray:
+def pixel_support(
+    data: ImageSet, setup: str = "well_posed", *, min_frac: float = 0.01
+) -> np.ndarray:
     """Indices of the pixels a setup keeps: all 784 (``"authors"``) or, for ``"well_posed"``, the
     pixels that are nonzero in at least ``min_frac`` of the training images of *every* digit.
 
@@ -68,7 +83,9 @@ def pixel_support(data: ImageSet, setup: str = "well_posed", *, min_frac: float 
     return np.flatnonzero((active > min_frac).all(0))
 
 
-def digit_features(images: np.ndarray, pixels: np.ndarray | None = None, device="cpu") -> torch.Tensor:
+def digit_features(
+    images: np.ndarray, pixels: np.ndarray | None = None, device="cpu"
+) -> torch.Tensor:
     """The features of the digit-pair task: the chosen ``pixels`` (default all 784) of 28 × 28
     uint8 images, scaled to [0, 1] and standardised with the authors' :data:`MEAN` and :data:`STD`,
     float64, one row per image. Chapter: {ref}`ch-mnist-pairs`."""
@@ -82,12 +99,16 @@ def digit_features(images: np.ndarray, pixels: np.ndarray | None = None, device=
     return (x / 255 - MEAN) / STD
 
 
-def pair_indices(data: ImageSet, a: int, b: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def pair_indices(
+    data: ImageSet, a: int, b: int, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of the images :func:`immulib.data.digit_pair` returns for (a, b, seed)."""
     idx_a, idx_b = np.flatnonzero(data.labels == a), np.flatnonzero(data.labels == b)
     n = min(len(idx_a), len(idx_b))
     rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(idx_a, n, replace=False)), np.sort(rng.choice(idx_b, n, replace=False))
+    return np.sort(rng.choice(idx_a, n, replace=False)), np.sort(
+        rng.choice(idx_b, n, replace=False)
+    )
 
 
 @dataclass(frozen=True)
@@ -103,7 +124,9 @@ class DigitGrams:
     def pair(self, a: int, b: int, seed: int = 0):
         """(K_P, K_H, s_P, s_H, N) of the balanced pair: the full Grams minus the left-out images."""
         out = []
-        for c, keep in zip((a, b), pair_indices(self.data, a, b, seed=seed)):
+        for c, keep in zip(
+            (a, b), pair_indices(self.data, a, b, seed=seed), strict=True
+        ):
             dropped = np.setdiff1d(np.flatnonzero(self.data.labels == c), keep)
             X = digit_features(self.data.images[dropped], self.pixels, self.K.device)
             K = self.K[c] - X.T @ X
@@ -111,8 +134,13 @@ class DigitGrams:
         return out[0][0], out[1][0], out[0][1], out[1][1], len(keep)
 
 
-def digit_grams(data: ImageSet, setup: str = "well_posed", *, min_frac: float = 0.01,
-                device: str | torch.device = "cpu") -> DigitGrams:
+def digit_grams(
+    data: ImageSet,
+    setup: str = "well_posed",
+    *,
+    min_frac: float = 0.01,
+    device: str | torch.device = "cpu",
+) -> DigitGrams:
     """The ten Gram matrices of a setup (see :func:`pixel_support`), float64, on ``device``."""
     pixels = pixel_support(data, setup, min_frac=min_frac)
     K, s = [], []
@@ -128,12 +156,16 @@ def digit_grams(data: ImageSet, setup: str = "well_posed", *, min_frac: float = 
 # pairs as a batch of linear problems
 
 
-def problem(grams: DigitGrams, pairs, *, seed: int = 0, sup: str = "a_vs_b") -> linear.Problem:
+def problem(
+    grams: DigitGrams, pairs, *, seed: int = 0, sup: str = "a_vs_b"
+) -> linear.Problem:
     """The pairs (a, b) as one :class:`immulib.linear.Problem` (B = len(pairs)); harmful targets −1."""
     choice(sup, "sup", ("a_vs_b", "P"))
     parts = [grams.pair(a, b, seed) for a, b in _check_pairs(pairs)]
     KP, KH, sP, sH = (torch.stack([p[i] for p in parts]) for i in range(4))
-    N = torch.tensor([float(p[4]) for p in parts], dtype=torch.float64, device=KP.device)
+    N = torch.tensor(
+        [float(p[4]) for p in parts], dtype=torch.float64, device=KP.device
+    )
     if sup == "P":
         Ks, bs, cs, Ns = KP, sP, N, N
     else:
@@ -141,8 +173,16 @@ def problem(grams: DigitGrams, pairs, *, seed: int = 0, sup: str = "a_vs_b") -> 
     return linear.Problem(KP, KH, Ks, bs, cs, Ns, bH=-sH, cH=N, NH=N)
 
 
-def run_batch(grams: DigitGrams, pairs, method: str = "ours", *, steps: int = 100, seed: int = 0,
-              sup: str = "a_vs_b", **kw):
+def run_batch(
+    grams: DigitGrams,
+    pairs,
+    method: str = "ours",
+    *,
+    steps: int = 100,
+    seed: int = 0,
+    sup: str = "a_vs_b",
+    **kw,
+):
     """Run ``method`` on a batch of pairs at once; returns (θ (B, D, D), ω (B, D), problem, history).
 
     θ_0 = I and ω_0 ~ N(0, I/D) from ``seed`` (the same for every pair, as one
@@ -153,9 +193,17 @@ def run_batch(grams: DigitGrams, pairs, method: str = "ours", *, steps: int = 10
     prob = problem(grams, pairs, seed=seed, sup=sup)
     D = prob.D
     gen = torch.Generator().manual_seed(integer(seed, "seed", 0))
-    omega = (torch.randn(D, generator=gen, dtype=torch.float64) / math.sqrt(D)).to(prob.KP.device)
-    theta, omega, history, _ = linear.run(prob, method, steps=steps, omega_init=omega,
-                                          progress=kw.pop("progress", False), **kw)
+    omega = (torch.randn(D, generator=gen, dtype=torch.float64) / math.sqrt(D)).to(
+        prob.KP.device
+    )
+    theta, omega, history, _ = linear.run(
+        prob,
+        method,
+        steps=steps,
+        omega_init=omega,
+        progress=kw.pop("progress", False),
+        **kw,
+    )
     return theta, omega, prob, history
 
 
@@ -187,23 +235,39 @@ def _check_pairs(pairs):
     if pairs == "subset":
         return list(SUBSET)
     if isinstance(pairs, str) or not isinstance(pairs, (list, tuple)):
-        raise TypeError(f'pairs must be "all", "subset" or a list of (a, b), got {pairs!r}')
+        raise TypeError(
+            f'pairs must be "all", "subset" or a list of (a, b), got {pairs!r}'
+        )
     out = []
     for p in pairs:
-        if (not isinstance(p, (tuple, list)) or len(p) != 2
-                or not all(isinstance(x, (int, np.integer)) and 0 <= x <= 9 for x in p) or p[0] == p[1]):
+        if (
+            not isinstance(p, (tuple, list))
+            or len(p) != 2
+            or not all(isinstance(x, (int, np.integer)) and 0 <= x <= 9 for x in p)
+            or p[0] == p[1]
+        ):
             raise ValueError(f"pairs must hold (a, b) with a ≠ b digits 0–9, got {p!r}")
         out.append((int(p[0]), int(p[1])))
     return out
 
 
-
-
-def sweep(method: str = "ours", setup: str = "well_posed", *, pairs="all", steps: int | None = None,
-          seed: int = 0, batch_size: int = 10, data: ImageSet | None = None,
-          grams: DigitGrams | None = None, device: str | torch.device = "cpu", sup: str = "a_vs_b",
-          num_threads: int | None = 1, progress: bool | None = None, thetas: dict | None = None,
-          **kw) -> pd.DataFrame:
+def sweep(
+    method: str = "ours",
+    setup: str = "well_posed",
+    *,
+    pairs="all",
+    steps: int | None = None,
+    seed: int = 0,
+    batch_size: int = 10,
+    data: ImageSet | None = None,
+    grams: DigitGrams | None = None,
+    device: str | torch.device = "cpu",
+    sup: str = "a_vs_b",
+    num_threads: int | None = 1,
+    progress: bool | None = None,
+    thetas: dict | None = None,
+    **kw,
+) -> pd.DataFrame:
     """Immunize every pair with ``method`` in ``setup`` and score it; one tidy row per pair and κ convention.
 
     Parameters
@@ -246,7 +310,9 @@ def sweep(method: str = "ours", setup: str = "well_posed", *, pairs="all", steps
     integer(batch_size, "batch_size", 1)
     show = _progress(progress)
     if thetas is not None and not isinstance(thetas, dict):
-        raise TypeError(f"thetas must be a dict (filled with θ per pair) or None, got {type(thetas).__name__}")
+        raise TypeError(
+            f"thetas must be a dict (filled with θ per pair) or None, got {type(thetas).__name__}"
+        )
     if grams is None:
         if data is None:
             from .data import load_mnist
@@ -259,28 +325,51 @@ def sweep(method: str = "ours", setup: str = "well_posed", *, pairs="all", steps
     rows = []
     knobs = {k: v for k, v in kw.items() if isinstance(v, (int, float, str))}
     with threads(num_threads):
-        bar = tqdm(total=len(pairs), disable=not show, desc=f"{method} ({setup})", leave=False)
+        bar = tqdm(
+            total=len(pairs), disable=not show, desc=f"{method} ({setup})", leave=False
+        )
         for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start:start + batch_size]
+            chunk = pairs[start : start + batch_size]
             t0 = time.perf_counter()
-            theta, _, b, _ = run_batch(grams, chunk, method, steps=steps, seed=seed, sup=sup, **kw)
+            theta, _, b, _ = run_batch(
+                grams, chunk, method, steps=steps, seed=seed, sup=sup, **kw
+            )
             if b.KP.is_cuda:
                 torch.cuda.synchronize()
             sec = (time.perf_counter() - t0) / len(chunk)
             HP = theta.mT @ b.KP @ theta
             HH = theta.mT @ b.KH @ theta
-            kap = {name: _kappas((H + H.mT) / 2) for name, H in
-                   (("P0", b.KP), ("H0", b.KH), ("P", HP), ("H", HH))}
+            kap = {
+                name: _kappas((H + H.mT) / 2)
+                for name, H in (("P0", b.KP), ("H0", b.KH), ("P", HP), ("H", HH))
+            }
             for j, (a, bb) in enumerate(chunk):
                 if thetas is not None:
                     thetas[(a, bb)] = theta[j].detach().cpu()
                 for conv in conventions:
                     k = {name: float(v[conv][j]) for name, v in kap.items()}
                     i, ii = k["H"] / k["H0"], k["P"] / k["P0"]
-                    rows.append(dict(setup=setup, method=method, convention=conv, a=a, b=bb, seed=seed,
-                                     steps=steps, kappa_P0=k["P0"], kappa_H0=k["H0"], kappa_P=k["P"],
-                                     kappa_H=k["H"], i=i, ii=ii, rir=i / ii, success=bool(i / ii > 1 and ii <= 1),
-                                     seconds=sec, **knobs))
+                    rows.append(
+                        dict(
+                            setup=setup,
+                            method=method,
+                            convention=conv,
+                            a=a,
+                            b=bb,
+                            seed=seed,
+                            steps=steps,
+                            kappa_P0=k["P0"],
+                            kappa_H0=k["H0"],
+                            kappa_P=k["P"],
+                            kappa_H=k["H"],
+                            i=i,
+                            ii=ii,
+                            rir=i / ii,
+                            success=bool(i / ii > 1 and ii <= 1),
+                            seconds=sec,
+                            **knobs,
+                        )
+                    )
             bar.update(len(chunk))
         bar.close()
     return pd.DataFrame(rows)

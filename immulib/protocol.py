@@ -61,20 +61,44 @@ def method_of(entry: str) -> str:
     return choice(entry.split("_paper")[0], "entry", METHODS)
 
 
-def run_seeds(prob: Problem, entry: str, knobs: dict, *, seeds, init: str = "identity",
-              steps: int = 400, record_every: int | None = None) -> tuple[torch.Tensor, object]:
+def run_seeds(
+    prob: Problem,
+    entry: str,
+    knobs: dict,
+    *,
+    seeds,
+    init: str = "identity",
+    steps: int = 400,
+    record_every: int | None = None,
+) -> tuple[torch.Tensor, object]:
     """Run a :data:`GRIDS` entry with ``knobs`` from the starts of ``seeds`` (one batched
     :func:`immulib.linear.run`, equal to one :func:`immulib.immunize` call per seed);
     returns (θ (len(seeds), D, D), history)."""
     seeds = list(seeds)
     th0, om0 = starts(prob.D, seeds, init)
-    theta, _, history, _ = run(prob.repeat(len(seeds)), method_of(entry), steps=steps, theta_init=th0,
-                               omega_init=om0, record_every=record_every or steps, progress=False, **knobs)
+    theta, _, history, _ = run(
+        prob.repeat(len(seeds)),
+        method_of(entry),
+        steps=steps,
+        theta_init=th0,
+        omega_init=om0,
+        record_every=record_every or steps,
+        progress=False,
+        **knobs,
+    )
     return theta, history
 
 
-def tune(prob: Problem, entry: str, score: Callable[[torch.Tensor], dict], *, steps: int = 400,
-         grid: list[dict] | None = None, seed: int = 0, tol: float = 1e-6) -> tuple[dict, list[dict]]:
+def tune(
+    prob: Problem,
+    entry: str,
+    score: Callable[[torch.Tensor], dict],
+    *,
+    steps: int = 400,
+    grid: list[dict] | None = None,
+    seed: int = 0,
+    tol: float = 1e-6,
+) -> tuple[dict, list[dict]]:
     """Run every setting of ``grid`` (default ``GRIDS[entry]``) for ``steps`` steps from the
     identity start of ``seed``, score each θ with ``score`` (a dict with ``i`` and ``ii``, measured
     on the training rows) and keep the one :func:`criterion` ranks first. A setting that diverges

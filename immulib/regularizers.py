@@ -23,7 +23,14 @@ import warnings
 import torch
 
 from ._validate import as_float64, integer, positive
-from .linalg import check_symmetric, numerical_rank, pow2_exponent, probe_hessian, scaled_by_pow2, unscale
+from .linalg import (
+    check_symmetric,
+    numerical_rank,
+    pow2_exponent,
+    probe_hessian,
+    scaled_by_pow2,
+    unscale,
+)
 
 __all__ = [
     "PSD_RTOL",
@@ -74,7 +81,11 @@ def _psd(S, name: str) -> torch.Tensor:
 def _check_k(k, n: int, S: torch.Tensor, lam: torch.Tensor | None = None) -> int:
     """Validate ``k``; ``None`` means the numerical rank (from the eigenvalues ``lam`` if given)."""
     if k is None:
-        k = numerical_rank(S.detach()) if lam is None else _rank_from_eigenvalues(lam, n)
+        k = (
+            numerical_rank(S.detach())
+            if lam is None
+            else _rank_from_eigenvalues(lam, n)
+        )
     else:
         k = integer(k, "k")
     if not 2 <= k <= n:
@@ -90,14 +101,18 @@ def _rank_from_eigenvalues(lam: torch.Tensor, n: int) -> int:
     return int((sigma > float(sigma.max()) * n * torch.finfo(torch.float64).eps).sum())
 
 
-def _spectrum(S: torch.Tensor, name: str, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def _spectrum(
+    S: torch.Tensor, name: str, check: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (descending) and eigenvectors (as columns) of the symmetrised S, detached.
 
     ``check=False`` (used inside the autograd Functions, whose inputs the public wrappers have
     already checked) skips the PSD check, so finite differences may step slightly outside the cone.
     """
     Sd = S.detach()
-    e = pow2_exponent(Sd)  # eigh of S / 2^e, eigenvalues scaled back exactly: any scale works
+    e = pow2_exponent(
+        Sd
+    )  # eigh of S / 2^e, eigenvalues scaled back exactly: any scale works
     lam, V = torch.linalg.eigh(scaled_by_pow2((Sd + Sd.T) / 2, -e))
     lam, V = scaled_by_pow2(lam.flip(-1), e), V.flip(-1)
     if check and bool(lam[-1] < -PSD_RTOL * lam[0]):
@@ -124,7 +139,9 @@ def _warn_if_tied(lam: torch.Tensor, i: int, what: str) -> None:
         )
 
 
-def _ill_parts(S: torch.Tensor, k: int, check: bool = True, spectrum=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _ill_parts(
+    S: torch.Tensor, k: int, check: bool = True, spectrum=None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(g_s, G_s, e): g = g_s·2^{2e} = ‖S‖_F²/(2k) − σ_k²/2 and G = G_s·2^{-3e} = ∇R_ill(S).
 
     Everything is computed on S/2^e (e: the binary exponent of max|S|), so that the squares
@@ -146,7 +163,9 @@ def _ill_parts(S: torch.Tensor, k: int, check: bool = True, spectrum=None) -> tu
     return g, (G + G.T) / 2, e
 
 
-def _well_parts(S: torch.Tensor, check: bool = True, spectrum=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _well_parts(
+    S: torch.Tensor, check: bool = True, spectrum=None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(v_s, G_s, e): R_well(S) = v_s·2^{2e} and ∇R_well(S) = σ₁ v₁ v₁ᵀ − S/p = G_s·2^e.
 
     Computed on S/2^e as in :func:`_ill_parts`.
@@ -183,7 +202,9 @@ class _RIll(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, S: torch.Tensor, k: int, lam=None, V=None) -> torch.Tensor:
-        g, G, e = _ill_parts(S, k, check=False, spectrum=None if lam is None else (lam, V))
+        g, G, e = _ill_parts(
+            S, k, check=False, spectrum=None if lam is None else (lam, V)
+        )
         ctx.save_for_backward(G)
         ctx.e = e
         return _r_ill_value(g, e)
@@ -192,7 +213,12 @@ class _RIll(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         (G,) = ctx.saved_tensors
-        return grad_out * unscale(G, -3 * ctx.e, "the gradient of R_ill(S)"), None, None, None
+        return (
+            grad_out * unscale(G, -3 * ctx.e, "the gradient of R_ill(S)"),
+            None,
+            None,
+            None,
+        )
 
 
 class _RWell(torch.autograd.Function):
@@ -200,7 +226,9 @@ class _RWell(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, S: torch.Tensor, lam=None, V=None) -> torch.Tensor:
-        value, G, e = _well_parts(S, check=False, spectrum=None if lam is None else (lam, V))
+        value, G, e = _well_parts(
+            S, check=False, spectrum=None if lam is None else (lam, V)
+        )
         ctx.save_for_backward(G)
         ctx.e = e
         return _r_well_value(value, e)
@@ -209,7 +237,12 @@ class _RWell(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         (G,) = ctx.saved_tensors
-        return grad_out * unscale(G, ctx.e, "the gradient of R_well(S)", noise=_WELL_NOISE), None, None
+        return (
+            grad_out
+            * unscale(G, ctx.e, "the gradient of R_well(S)", noise=_WELL_NOISE),
+            None,
+            None,
+        )
 
 
 def r_ill(S, *, k: int | None = None) -> torch.Tensor:
@@ -284,7 +317,9 @@ def r_well(S) -> torch.Tensor:
     Chapter: {ref}`ch-regularizers`.
     """
     S = _psd(S, "S")
-    return _RWell.apply(S, *_spectrum(S, "S"))  # one eigendecomposition, also the PSD check
+    return _RWell.apply(
+        S, *_spectrum(S, "S")
+    )  # one eigendecomposition, also the PSD check
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +414,9 @@ def max_step_r_ill(H, *, k: int | None = None) -> float:
     """
     H = _psd(H, "H")
     k = _check_k(k, H.shape[0], H)
-    g, _, e = _ill_parts(H, k)  # g = g_s·2^{2e}, σ_k = sk_s·2^e: the bound is b_s·2^{3e}
+    g, _, e = _ill_parts(
+        H, k
+    )  # g = g_s·2^{2e}, σ_k = sk_s·2^e: the bound is b_s·2^{3e}
     sk = scaled_by_pow2(_spectrum(H, "H")[0][k - 1], -e)
     return float(unscale(g**2 / (2 * sk * (1 - 1 / k)), 3 * e, "the R_ill step bound"))
 
@@ -401,7 +438,11 @@ def safe_step_r_well(H, *, k: int | None = None) -> float:
     k = numerical_rank(H) if k is None else _check_k(k, p, H)
     lam = _spectrum(H, "H")[0]
     # rounding can leave a zero eigenvalue slightly negative; the bound treats it as 0
-    s1, s2, smin = float(lam[0]), float(lam[1]) if p > 1 else 0.0, max(float(lam[k - 1]), 0.0)
+    s1, s2, smin = (
+        float(lam[0]),
+        float(lam[1]) if p > 1 else 0.0,
+        max(float(lam[k - 1]), 0.0),
+    )
     if s1 - smin <= UNIQUE_RTOL * s1:
         return 0.0
     first = (1 - math.sqrt(smin / s1)) / (2 * s1 * (1 - 1 / p))

@@ -24,7 +24,14 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["book_dir", "chapter_parameters", "check_output", "check_parameters", "find_chapter", "run_chapter"]
+__all__ = [
+    "book_dir",
+    "chapter_parameters",
+    "check_output",
+    "check_parameters",
+    "find_chapter",
+    "run_chapter",
+]
 
 
 def book_dir(book: str | os.PathLike | None = None) -> Path | None:
@@ -43,10 +50,14 @@ def book_dir(book: str | os.PathLike | None = None) -> Path | None:
     return None
 
 
-def find_chapter(chapter: str | os.PathLike, book: str | os.PathLike | None = None) -> Path:
+def find_chapter(
+    chapter: str | os.PathLike, book: str | os.PathLike | None = None
+) -> Path:
     """Resolve a chapter path or name (``02_condition_numbers``, ``condition_numbers``) to its file."""
     if not isinstance(chapter, (str, os.PathLike)):
-        raise TypeError(f"chapter must be a path or a name, got {type(chapter).__name__}")
+        raise TypeError(
+            f"chapter must be a path or a name, got {type(chapter).__name__}"
+        )
     path = Path(chapter).expanduser()
     if path.suffix == ".md" and path.is_file():
         return path.resolve()
@@ -60,14 +71,20 @@ def find_chapter(chapter: str | os.PathLike, book: str | os.PathLike | None = No
         )
     stem = path.stem if path.suffix == ".md" else str(chapter)
     candidates = sorted(folder.glob("*.md"))
-    matches = [p for p in candidates if p.stem == stem or p.stem.split("_", 1)[-1] == stem]
+    matches = [
+        p for p in candidates if p.stem == stem or p.stem.split("_", 1)[-1] == stem
+    ]
     if len(matches) != 1:
         names = ", ".join(p.stem for p in candidates)
-        raise ValueError(f"chapter {str(chapter)!r} matches {len(matches)} chapters in {folder}; choose one of: {names}")
+        raise ValueError(
+            f"chapter {str(chapter)!r} matches {len(matches)} chapters in {folder}; choose one of: {names}"
+        )
     return matches[0].resolve()
 
 
-def check_output(output: str | os.PathLike, chapter: Path, book: str | os.PathLike | None = None) -> Path:
+def check_output(
+    output: str | os.PathLike, chapter: Path, book: str | os.PathLike | None = None
+) -> Path:
     """Refuse an output that would overwrite a chapter source or that cannot be written.
 
     The output must end in ``.ipynb``, must not be the chapter itself nor any ``.md``/``.ipynb``
@@ -79,9 +96,13 @@ def check_output(output: str | os.PathLike, chapter: Path, book: str | os.PathLi
     out = Path(output).expanduser().resolve()
     chapter = Path(chapter).resolve()
     if out == chapter:
-        raise ValueError(f"output {str(output)!r} is the chapter itself; writing it would destroy the chapter")
+        raise ValueError(
+            f"output {str(output)!r} is the chapter itself; writing it would destroy the chapter"
+        )
     if out.suffix != ".ipynb":
-        raise ValueError(f"output must be a .ipynb file (papermill writes a notebook), got {str(output)!r}")
+        raise ValueError(
+            f"output must be a .ipynb file (papermill writes a notebook), got {str(output)!r}"
+        )
     folders = {chapter.parent}
     folder = book_dir(book)
     if folder is not None:
@@ -92,7 +113,9 @@ def check_output(output: str | os.PathLike, chapter: Path, book: str | os.PathLi
             "notebook somewhere else"
         )
     if not out.parent.is_dir():
-        raise ValueError(f"the output folder {str(out.parent)!r} does not exist; create it first")
+        raise ValueError(
+            f"the output folder {str(out.parent)!r} does not exist; create it first"
+        )
     if out.exists() and not _written_by_rerun(out):
         raise ValueError(
             f"output {str(output)!r} exists and is not a notebook written by an earlier rerun; "
@@ -109,13 +132,23 @@ def _written_by_rerun(path: Path) -> bool:
         nb = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
-    return isinstance(nb, dict) and isinstance(nb.get("metadata"), dict) and "papermill" in nb["metadata"]
+    return (
+        isinstance(nb, dict)
+        and isinstance(nb.get("metadata"), dict)
+        and "papermill" in nb["metadata"]
+    )
 
 
 def _parameters_cell(nb):
-    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    cells = [
+        c
+        for c in nb.cells
+        if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])
+    ]
     if len(cells) != 1:
-        raise ValueError(f"a chapter needs exactly one cell tagged 'parameters', found {len(cells)}")
+        raise ValueError(
+            f"a chapter needs exactly one cell tagged 'parameters', found {len(cells)}"
+        )
     return cells[0]
 
 
@@ -126,14 +159,20 @@ def chapter_parameters(path: str | Path) -> dict[str, object]:
     tree = ast.parse(_parameters_cell(jupytext.read(path)).source)
     params: dict[str, object] = {}
     for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
             params[node.targets[0].id] = ast.literal_eval(node.value)
     return params
 
 
 def _type_ok(default: object, value: object) -> bool:
     if default is None or value is None:
-        return True  # None means "not set": any type may replace it, and it may be reset
+        return (
+            True  # None means "not set": any type may replace it, and it may be reset
+        )
     if isinstance(default, bool) or isinstance(value, bool):
         return isinstance(default, bool) and isinstance(value, bool)
     if isinstance(default, float):
@@ -141,13 +180,17 @@ def _type_ok(default: object, value: object) -> bool:
     return isinstance(value, type(default))
 
 
-def check_parameters(path: str | Path, overrides: dict[str, object]) -> dict[str, object]:
+def check_parameters(
+    path: str | Path, overrides: dict[str, object]
+) -> dict[str, object]:
     """Raise ``ValueError``/``TypeError`` for unknown names or mistyped values; return the overrides."""
     defaults = chapter_parameters(path)
     for name, value in overrides.items():
         if name not in defaults:
             known = ", ".join(sorted(defaults))
-            raise ValueError(f"unknown parameter {name!r} for {Path(path).name}; known: {known}")
+            raise ValueError(
+                f"unknown parameter {name!r} for {Path(path).name}; known: {known}"
+            )
         if not _type_ok(defaults[name], value):
             raise TypeError(
                 f"parameter {name!r} expects {type(defaults[name]).__name__} "
@@ -175,8 +218,14 @@ def _need_extra():
         ) from None
 
 
-def run_chapter(chapter: str | Path, parameters: dict[str, object], output: str | Path, *,
-                progress: bool | None = None, book: str | os.PathLike | None = None):
+def run_chapter(
+    chapter: str | Path,
+    parameters: dict[str, object],
+    output: str | Path,
+    *,
+    progress: bool | None = None,
+    book: str | os.PathLike | None = None,
+):
     """Execute a chapter with overridden parameters and write the executed notebook to ``output``.
 
     Everything is checked before anything runs: the chapter (:func:`find_chapter`), the
@@ -205,17 +254,34 @@ def run_chapter(chapter: str | Path, parameters: dict[str, object], output: str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m immulib.rerun", description=__doc__.split("\n\n")[0])
-    parser.add_argument("chapter", help="chapter file or name, e.g. book/02_condition_numbers.md")
-    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
-    parser.add_argument("-o", "--output", required=True, help="where to write the executed .ipynb")
-    parser.add_argument("--book", default=None, help="the folder holding the chapters (default: ./book)")
+    parser = argparse.ArgumentParser(
+        prog="python -m immulib.rerun", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "chapter", help="chapter file or name, e.g. book/02_condition_numbers.md"
+    )
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, help="where to write the executed .ipynb"
+    )
+    parser.add_argument(
+        "--book", default=None, help="the folder holding the chapters (default: ./book)"
+    )
     args = parser.parse_args(argv)
     try:
         path = find_chapter(args.chapter, args.book)
         check_output(args.output, path, args.book)
         _need_extra()
-        overrides = check_parameters(path, {n: parse_value(v) for n, v in args.parameter})
+        overrides = check_parameters(
+            path, {n: parse_value(v) for n, v in args.parameter}
+        )
     except (ValueError, TypeError, ImportError) as err:
         parser.exit(2, f"error: {err}\n")
     run_chapter(path, overrides, args.output, book=args.book)

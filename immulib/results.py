@@ -27,10 +27,14 @@ class ImmunizationResult:
     lam_H: float
     seconds: float
     settings: dict = field(default_factory=dict)
-    theta: object = None  # torch.Tensor (D_in × D_hid, float64, detached) for linear extractors
+    theta: object = (
+        None  # torch.Tensor (D_in × D_hid, float64, detached) for linear extractors
+    )
     omega: object = None  # torch.Tensor: the linear pre-training head
     model: object = None  # torch.nn.Module for deep immunization
 
     def __post_init__(self):
         if (self.theta is None) == (self.model is None):
-            raise ValueError("ImmunizationResult needs exactly one of theta (linear) or model (deep)")
+            raise ValueError(
+                "ImmunizationResult needs exactly one of theta (linear) or model (deep)"
+            )

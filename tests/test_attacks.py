@@ -9,7 +9,9 @@ from immulib import attacks, descent, linalg
 
 def _problem(seed=0, n=200, d=8, log_spread=0.5):
     rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d)) @ np.diag(np.exp(rng.uniform(-log_spread, log_spread, d)))
+    X = rng.standard_normal((n, d)) @ np.diag(
+        np.exp(rng.uniform(-log_spread, log_spread, d))
+    )
     y = X @ rng.standard_normal(d) + 0.1 * rng.standard_normal(n)
     return X, y
 
@@ -23,7 +25,9 @@ def _excess(X, y, W):
 @pytest.mark.parametrize("attacker", attacks.ATTACKERS)
 def test_every_attacker_reaches_the_target_on_a_well_conditioned_problem(attacker):
     X, y = _problem()
-    eta = {"gd_fixed": 1 / float(np.linalg.eigvalsh(X.T @ X).max()), "adam": 0.05}.get(attacker)
+    eta = {"gd_fixed": 1 / float(np.linalg.eigvalsh(X.T @ X).max()), "adam": 0.05}.get(
+        attacker
+    )
     W = attacks.attack(X, y, attacker, steps=300, eta=eta)
     assert W.shape == (301, X.shape[1]) and W.dtype == torch.float64
     t = attacks.steps_to_target(_excess(X, y, W), 1e-4, higher_is_better=False)
@@ -34,9 +38,21 @@ def test_whitening_needs_one_step_and_plain_descent_many_on_an_ill_conditioned_q
     X, y = _problem(1, log_spread=4.0)
     assert linalg.condition_number(linalg.gram(X)) > 1e3
     target = 1e-10
-    t_white = attacks.steps_to_target(_excess(X, y, attacks.attack(X, y, "whiten", steps=5)), target, higher_is_better=False)
-    t_gd = attacks.steps_to_target(_excess(X, y, attacks.attack(X, y, "gd_exact", steps=50)), target, higher_is_better=False)
-    t_lstsq = attacks.steps_to_target(_excess(X, y, attacks.attack(X, y, "lstsq", steps=5)), target, higher_is_better=False)
+    t_white = attacks.steps_to_target(
+        _excess(X, y, attacks.attack(X, y, "whiten", steps=5)),
+        target,
+        higher_is_better=False,
+    )
+    t_gd = attacks.steps_to_target(
+        _excess(X, y, attacks.attack(X, y, "gd_exact", steps=50)),
+        target,
+        higher_is_better=False,
+    )
+    t_lstsq = attacks.steps_to_target(
+        _excess(X, y, attacks.attack(X, y, "lstsq", steps=5)),
+        target,
+        higher_is_better=False,
+    )
     assert t_white == 1 and t_lstsq == 1 and t_gd is None
 
 
@@ -44,7 +60,11 @@ def test_jacobi_is_exact_on_diagonal_gram():
     X = np.diag([1e-3, 1.0, 1e3]) @ np.eye(3)
     X = np.vstack([X, 2 * X])  # columns orthogonal, very different norms: FᵀF diagonal
     y = np.arange(6.0)
-    t = attacks.steps_to_target(_excess(X, y, attacks.attack(X, y, "jacobi", steps=3)), 1e-12, higher_is_better=False)
+    t = attacks.steps_to_target(
+        _excess(X, y, attacks.attack(X, y, "jacobi", steps=3)),
+        1e-12,
+        higher_is_better=False,
+    )
     assert t == 1
 
 
@@ -52,12 +72,16 @@ def test_exact_line_search_matches_descent_gd_errors():
     X, y = _problem(2, log_spread=2.0)
     W = attacks.attack(X, y, "gd_exact", steps=40, seed=3)
     w_star = np.linalg.pinv(X) @ y
-    ref = descent.gd_errors(linalg.gram(X), W[0] - torch.from_numpy(w_star), 40, step_size="exact")
+    ref = descent.gd_errors(
+        linalg.gram(X), W[0] - torch.from_numpy(w_star), 40, step_size="exact"
+    )
     ours = ((W - torch.from_numpy(w_star)) ** 2).sum(1)
     assert torch.allclose(ours, ref, rtol=1e-8, atol=1e-14 * float(ref[0]))
 
 
-@pytest.mark.parametrize("attacker,eta", [("gd_fixed", 1e-3), ("adam", 0.01), ("gd_exact", None)])
+@pytest.mark.parametrize(
+    "attacker,eta", [("gd_fixed", 1e-3), ("adam", 0.01), ("gd_exact", None)]
+)
 def test_seeded_reruns_are_identical_and_seeds_differ(attacker, eta):
     X, y = _problem(3)
     a = attacks.attack(X, y, attacker, steps=30, eta=eta, seed=7)
@@ -83,7 +107,9 @@ def test_tune_picks_the_fastest_step_size():
         t = attacks.steps_to_target(_excess(X, y, W), 1e-3, higher_is_better=False)
         return 10**9 if t is None else t
 
-    eta, W = attacks.tune(X, y, "gd_fixed", [0.01 / L, 0.1 / L, 1 / L, 3 / L], steps=200, score=score)
+    eta, W = attacks.tune(
+        X, y, "gd_fixed", [0.01 / L, 0.1 / L, 1 / L, 3 / L], steps=200, score=score
+    )
     assert eta == 1 / L and W.shape == (201, 8)  # 3/L diverges and is skipped
 
 

@@ -76,15 +76,35 @@ def _edit_row(text, row, column, value):
 @pytest.mark.parametrize(
     "edit, detail",
     [
-        (lambda t: _edit_row(t, 5, "SalePrice", '"12,000"'), r"line 6 \(data row 5\): SalePrice = '12,000' is not a number"),
-        (lambda t: _edit_row(t, 7, "SalePrice", ""), r"line 8 \(data row 7\): the target SalePrice is missing"),
-        (lambda t: _edit_row(t, 3, "LotArea", "NA"), r"line 4 \(data row 3\): the target LotArea is missing"),
+        (
+            lambda t: _edit_row(t, 5, "SalePrice", '"12,000"'),
+            r"line 6 \(data row 5\): SalePrice = '12,000' is not a number",
+        ),
+        (
+            lambda t: _edit_row(t, 7, "SalePrice", ""),
+            r"line 8 \(data row 7\): the target SalePrice is missing",
+        ),
+        (
+            lambda t: _edit_row(t, 3, "LotArea", "NA"),
+            r"line 4 \(data row 3\): the target LotArea is missing",
+        ),
         (lambda t: t[: len(t) // 2], r"fields, expected 81: the file is truncated"),
-        (lambda t: "\n".join(t.split("\n")[:-40]) + "\n", r"has \d+ bytes, but house_price/train.csv has 460676"),
+        (
+            lambda t: "\n".join(t.split("\n")[:-40]) + "\n",
+            r"has \d+ bytes, but house_price/train.csv has 460676",
+        ),
     ],
-    ids=["target-with-comma", "missing-target", "missing-LotArea", "cut-mid-row", "last-rows-cut"],
+    ids=[
+        "target-with-comma",
+        "missing-target",
+        "missing-LotArea",
+        "cut-mid-row",
+        "last-rows-cut",
+    ],
 )
-def test_damaged_train_csv_is_an_error_naming_file_row_and_fix(project_data, isolated_data, edit, detail):
+def test_damaged_train_csv_is_an_error_naming_file_row_and_fix(
+    project_data, isolated_data, edit, detail
+):
     root = _house_dir(isolated_data, edit(_real_train_text(project_data)))
     with pytest.raises(ValueError, match=detail) as info:
         data.load_house_prices(data_dir=root, download=False)
@@ -96,9 +116,18 @@ def test_damaged_train_csv_is_an_error_naming_file_row_and_fix(project_data, iso
 @pytest.mark.parametrize(
     "edit, detail",
     [
-        (lambda t: _edit_row(t, 5, "SalePrice", '"12,000"'), r"line 6 .*SalePrice = '12,000' is not a number"),
-        (lambda t: _edit_row(t, 9, "GrLivArea", "big"), r"line 10 .*GrLivArea = 'big' is not a number"),
-        (lambda t: _edit_row(t, 2, "SalePrice", "-5"), r"line 3 .*SalePrice = '-5' must be > 0"),
+        (
+            lambda t: _edit_row(t, 5, "SalePrice", '"12,000"'),
+            r"line 6 .*SalePrice = '12,000' is not a number",
+        ),
+        (
+            lambda t: _edit_row(t, 9, "GrLivArea", "big"),
+            r"line 10 .*GrLivArea = 'big' is not a number",
+        ),
+        (
+            lambda t: _edit_row(t, 2, "SalePrice", "-5"),
+            r"line 3 .*SalePrice = '-5' must be > 0",
+        ),
         (lambda t: t.replace("Id,", "Idx,", 1), r"line 1 is not the header"),
         (lambda t: t.split("\n")[0] + "\n", r"no rows"),
     ],
@@ -115,7 +144,9 @@ def test_read_train_csv_accepts_kaggles_file(project_data):
     assert frame.shape == (1460, 81) and frame["SalePrice"].dtype.kind == "i"
 
 
-def test_fingerprint_is_checked_on_every_load_not_only_after_a_download(project_data, isolated_data):
+def test_fingerprint_is_checked_on_every_load_not_only_after_a_download(
+    project_data, isolated_data
+):
     root = _house_dir(isolated_data, _real_train_text(project_data))
     path = root / "house_price" / TRAIN
     assert data.locate("house_price", TRAIN, root, download=False) == path
@@ -129,7 +160,11 @@ def test_fingerprint_is_checked_on_every_load_not_only_after_a_download(project_
 def test_verification_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
     path = tmp_path / "f.bin"
     path.write_bytes(b"abc")
-    monkeypatch.setitem(data.FINGERPRINTS, ("t", "f.bin"), data.Fingerprint(3, hashlib.sha256(b"abc").hexdigest()))
+    monkeypatch.setitem(
+        data.FINGERPRINTS,
+        ("t", "f.bin"),
+        data.Fingerprint(3, hashlib.sha256(b"abc").hexdigest()),
+    )
     calls = []
     real = files._digest
     monkeypatch.setattr(files, "_digest", lambda p, gz: calls.append(p) or real(p, gz))
@@ -196,7 +231,10 @@ def test_stalled_openml_times_out_with_a_clear_error(isolated_data, monkeypatch,
     with stalled_server() as url:
         monkeypatch.setattr(house_prices, "OPENML_URL", url)
         start = time.monotonic()
-        with pytest.raises(FileNotFoundError, match=r"house_price/train.csv is missing .*no answer within 0.3 s"):
+        with pytest.raises(
+            FileNotFoundError,
+            match=r"house_price/train.csv is missing .*no answer within 0.3 s",
+        ):
             data.load_house_prices(timeout=0.3)
         assert time.monotonic() - start < 5
     assert f"from {url}/api/v1/json/data/42165" in capfd.readouterr().err
@@ -231,15 +269,19 @@ def _arff_from_kaggle(text: str) -> str:
     numeric = set(house_prices.NUMERIC_COLUMNS)
     out = ["@relation house_prices"]
     for name in header:
-        out.append(f"@attribute '{name}' " + ("numeric" if name in numeric else "string"))
+        out.append(
+            f"@attribute '{name}' " + ("numeric" if name in numeric else "string")
+        )
     out.append("@data")
     for row in body:
         cells = []
-        for name, v in zip(header, row):
+        for name, v in zip(header, row, strict=True):
             if v == "NA":
                 cells.append("?")
             elif name in numeric:
-                cells.append(f"{float(v)}")  # 65 -> 65.0, as a float column would be written
+                cells.append(
+                    f"{float(v)}"
+                )  # 65 -> 65.0, as a float column would be written
             else:
                 cells.append(f"'{v}'")
         out.append(",".join(cells))
@@ -251,23 +293,36 @@ def _fake_openml(root, arff: bytes, md5: str | None = None):
     (root / "files" / "house_prices.arff").write_bytes(arff)
     desc = root / "api" / "v1" / "json" / "data"
     desc.mkdir(parents=True)
-    body = {"url": (root / "files" / "house_prices.arff").as_uri(), "md5_checksum": md5 or hashlib.md5(arff).hexdigest()}
+    body = {
+        "url": (root / "files" / "house_prices.arff").as_uri(),
+        "md5_checksum": md5 or hashlib.md5(arff).hexdigest(),
+    }
     (desc / "42165").write_text(json.dumps({"data_set_description": body}))
     return root.as_uri()
 
 
 def test_openml_rebuild_gives_kaggles_bytes(project_data, isolated_data, monkeypatch):
     arff = _arff_from_kaggle(_real_train_text(project_data)).encode()
-    monkeypatch.setattr(house_prices, "OPENML_URL", _fake_openml(isolated_data / "openml", arff))
+    monkeypatch.setattr(
+        house_prices, "OPENML_URL", _fake_openml(isolated_data / "openml", arff)
+    )
     hp = data.load_house_prices()
     path = isolated_data / "cache" / "house_price" / TRAIN
     assert path.read_bytes() == (project_data / "house_price" / TRAIN).read_bytes()
     assert hp.XP.shape == (200, 79)
 
 
-def test_openml_rebuild_that_differs_is_refused(project_data, isolated_data, monkeypatch):
-    arff = _arff_from_kaggle(_real_train_text(project_data)).replace(",208500.0\n", ",208501.0\n", 1).encode()
-    monkeypatch.setattr(house_prices, "OPENML_URL", _fake_openml(isolated_data / "openml", arff))
+def test_openml_rebuild_that_differs_is_refused(
+    project_data, isolated_data, monkeypatch
+):
+    arff = (
+        _arff_from_kaggle(_real_train_text(project_data))
+        .replace(",208500.0\n", ",208501.0\n", 1)
+        .encode()
+    )
+    monkeypatch.setattr(
+        house_prices, "OPENML_URL", _fake_openml(isolated_data / "openml", arff)
+    )
     with pytest.raises(FileNotFoundError, match="rejected: its SHA-256"):
         data.load_house_prices()
     cache = isolated_data / "cache" / "house_price"
@@ -275,6 +330,10 @@ def test_openml_rebuild_that_differs_is_refused(project_data, isolated_data, mon
 
 
 def test_openml_transfer_checked_against_published_md5(isolated_data, monkeypatch):
-    monkeypatch.setattr(house_prices, "OPENML_URL", _fake_openml(isolated_data / "openml", b"@data\n", md5="0" * 32))
+    monkeypatch.setattr(
+        house_prices,
+        "OPENML_URL",
+        _fake_openml(isolated_data / "openml", b"@data\n", md5="0" * 32),
+    )
     with pytest.raises(FileNotFoundError, match="published by OpenML"):
         data.load_house_prices()

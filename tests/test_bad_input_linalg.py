@@ -19,9 +19,13 @@ def _psd(seed=0, n=5, rank=None):
 def test_condition_number_and_rank_are_scale_free(c):
     _, S = _psd(1)
     _, S3 = _psd(2, n=6, rank=3)
-    assert linalg.condition_number(S * c) == pytest.approx(linalg.condition_number(S), rel=1e-10)
+    assert linalg.condition_number(S * c) == pytest.approx(
+        linalg.condition_number(S), rel=1e-10
+    )
     assert linalg.numerical_rank(S3 * c) == 3
-    assert linalg.condition_number(S3 * c) == pytest.approx(linalg.condition_number(S3), rel=1e-8)
+    assert linalg.condition_number(S3 * c) == pytest.approx(
+        linalg.condition_number(S3), rel=1e-8
+    )
 
 
 @pytest.mark.parametrize("c, what", [(1e200, "overflows"), (1e-200, "underflows")])
@@ -66,5 +70,9 @@ def test_rank_tol_above_sigma_max_is_a_clear_value_error():
         linalg.condition_number(S, rank_tol=2 * smax)
     with pytest.raises(ValueError, match="rank_tol"):
         linalg.condition_number(S, rank_tol=smax)
-    assert linalg.numerical_rank(S, rank_tol=2 * smax) == 0  # a rank of 0 is a fine answer
-    assert linalg.condition_number(S, rank_tol=float(sigma[:2].mean())) == 1.0  # only σ_max kept
+    assert (
+        linalg.numerical_rank(S, rank_tol=2 * smax) == 0
+    )  # a rank of 0 is a fine answer
+    assert (
+        linalg.condition_number(S, rank_tol=float(sigma[:2].mean())) == 1.0
+    )  # only σ_max kept

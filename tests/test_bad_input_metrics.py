@@ -47,7 +47,9 @@ def test_rir_is_scale_free_at_extreme_scales(c):
     ref = metrics.rir(XP, XH, theta)
     for args in ((XP * c, XH * c, theta), (XP, XH, theta * c)):
         got = metrics.rir(*args)
-        assert got.rir == pytest.approx(ref.rir, rel=1e-9) and got.kappa_H == pytest.approx(ref.kappa_H, rel=1e-9)
+        assert got.rir == pytest.approx(
+            ref.rir, rel=1e-9
+        ) and got.kappa_H == pytest.approx(ref.kappa_H, rel=1e-9)
     # the shifted convention is not scale-free: a clear error instead of inf/0 inside
     with pytest.raises(ValueError, match="Gram matrix XᵀX (over|under)flows"):
         metrics.rir(XP * c, XH * c, theta, convention="shifted")

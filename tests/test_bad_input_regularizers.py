@@ -35,21 +35,31 @@ def test_gradient_through_the_scaled_computation():
     S = (_psd(3) * 1e60).requires_grad_()
     R.r_well(S).backward()
     expected = R.g_well(S.detach())
-    assert torch.isfinite(S.grad).all() and S.grad.allclose(expected, rtol=1e-10, atol=0)
+    assert torch.isfinite(S.grad).all() and S.grad.allclose(
+        expected, rtol=1e-10, atol=0
+    )
     S.grad = None
     R.r_ill(S).backward()
-    assert torch.isfinite(S.grad).all() and S.grad.allclose(R.g_ill(S.detach()), rtol=1e-10, atol=0)
+    assert torch.isfinite(S.grad).all() and S.grad.allclose(
+        R.g_ill(S.detach()), rtol=1e-10, atol=0
+    )
 
 
 def test_step_bounds_follow_their_scaling_laws():
     S, c = _psd(4), 1e40
     # max step ∝ c³ (g² / σ_k), safe step ∝ 1/c
-    assert R.max_step_r_ill(S * c) == pytest.approx(R.max_step_r_ill(S) * c**3, rel=1e-9)
-    assert R.safe_step_r_well(S * c) == pytest.approx(R.safe_step_r_well(S) / c, rel=1e-9)
+    assert R.max_step_r_ill(S * c) == pytest.approx(
+        R.max_step_r_ill(S) * c**3, rel=1e-9
+    )
+    assert R.safe_step_r_well(S * c) == pytest.approx(
+        R.safe_step_r_well(S) / c, rel=1e-9
+    )
     assert math.isfinite(R.max_step_r_ill(S * 1e-60))
 
 
-@pytest.mark.filterwarnings("ignore::immulib.regularizers.NonUniqueSingularValueWarning")
+@pytest.mark.filterwarnings(
+    "ignore::immulib.regularizers.NonUniqueSingularValueWarning"
+)
 def test_r_well_of_a_multiple_of_identity_is_zero_at_any_scale():
     for c in (1e-250, 1.0, 1e250):
         assert float(R.r_well(torch.eye(4, dtype=torch.float64) * c)) == 0.0

@@ -7,8 +7,6 @@ afterwards reuses them too.
 """
 
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -146,7 +144,11 @@ def test_an_unchanged_page_is_executed_once_and_a_changed_one_again(tmp_path):
     log = tmp_path / "executions.log"
     cell = f"```{{code-cell}} ipython3\nopen({str(log)!r}, 'a').write('run\\n')\n```\n"
     for _ in range(2):
-        proc = book.mini_book(tmp_path, cell) if not log.exists() else book.build_mini(tmp_path)
+        proc = (
+            book.mini_book(tmp_path, cell)
+            if not log.exists()
+            else book.build_mini(tmp_path)
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert log.read_text() == "run\n", (
         "the second build executed the unchanged page again"

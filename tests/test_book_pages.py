@@ -17,14 +17,23 @@ TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
 API_PAGE = ROOT / "book" / "14_api.md"
 BIB = ROOT / "book" / "references.bib"
 #: Chapters formatted to 88 columns so far (the lead runs the tool on the others at merge).
-FORMATTED = ["01_introduction", "02_condition_numbers", "03_probe_hessian", "04_regularizers",
-             "11_status", "12_performance"]
+FORMATTED = [
+    "01_introduction",
+    "02_condition_numbers",
+    "03_probe_hessian",
+    "04_regularizers",
+    "11_status",
+    "12_performance",
+]
 
 
 def test_api_page_lists_every_public_module_once():
     listed = re.findall(r"^\.\. automodule:: (\S+)\s*$", API_PAGE.read_text(), re.M)
-    modules = {"immulib"} | {f"immulib.{m.name}" for m in pkgutil.iter_modules(immulib.__path__)
-                             if not m.name.startswith("_")}
+    modules = {"immulib"} | {
+        f"immulib.{m.name}"
+        for m in pkgutil.iter_modules(immulib.__path__)
+        if not m.name.startswith("_")
+    }
     assert len(listed) == len(set(listed)), "a module is listed twice"
     assert set(listed) == modules, (
         f"add to {API_PAGE.name}: {sorted(modules - set(listed))}; remove: {sorted(set(listed) - modules)}"
@@ -34,7 +43,9 @@ def test_api_page_lists_every_public_module_once():
 def test_autodoc_is_configured_strictly():
     extensions = CONFIG["sphinx"]["extra_extensions"]
     assert {"sphinx.ext.autodoc", "sphinx.ext.napoleon"} <= set(extensions)
-    assert "autodoc_mock_imports" not in CONFIG["sphinx"]["config"], "mock nothing that is installed"
+    assert "autodoc_mock_imports" not in CONFIG["sphinx"]["config"], (
+        "mock nothing that is installed"
+    )
 
 
 def test_every_citation_is_in_the_bibliography():
@@ -47,7 +58,9 @@ def test_every_citation_is_in_the_bibliography():
     assert cited, "the chapters cite nothing"
     assert cited <= keys, f"cited but not in {BIB.name}: {sorted(cited - keys)}"
     for short in FORMATTED[:4]:
-        assert "{cite:p}`" in (ROOT / "book" / f"{short}.md").read_text(), f"{short} cites nothing"
+        assert "{cite:p}`" in (ROOT / "book" / f"{short}.md").read_text(), (
+            f"{short} cites nothing"
+        )
 
 
 def test_chapters_are_numbered_and_the_reference_part_is_not():
@@ -61,10 +74,14 @@ def test_chapters_are_numbered_and_the_reference_part_is_not():
 @pytest.mark.parametrize("chapter", ["03_probe_hessian", "04_regularizers"])
 def test_the_papers_results_are_prf_boxes(chapter):
     text = (ROOT / "book" / f"{chapter}.md").read_text()
-    expected = {"03_probe_hessian": ["Proposition 3.2"],
-                "04_regularizers": ["Theorem 4.1", "Theorem 4.2", "Theorem 4.3"]}[chapter]
+    expected = {
+        "03_probe_hessian": ["Proposition 3.2"],
+        "04_regularizers": ["Theorem 4.1", "Theorem 4.2", "Theorem 4.3"],
+    }[chapter]
     for name in expected:
-        assert re.search(r"^```\{prf:\w+\} .*" + re.escape(name), text, re.M), f"{name} is not a prf box"
+        assert re.search(r"^```\{prf:\w+\} .*" + re.escape(name), text, re.M), (
+            f"{name} is not a prf box"
+        )
 
 
 def test_stylesheet_pads_styled_tables_scrolls_wide_content_and_wraps_code_in_print():
@@ -73,7 +90,7 @@ def test_stylesheet_pads_styled_tables_scrolls_wide_content_and_wraps_code_in_pr
     assert "immulib-book.css" in CONFIG["sphinx"]["config"]["html_css_files"]
     assert re.search(r'table\[id\^="T_"\] td[^{]*\{[^}]*padding', css)
     assert "overflow-x: auto" in css
-    print_css = css[css.index("@media print"):]
+    print_css = css[css.index("@media print") :]
     assert "pre-wrap" in print_css
 
 
@@ -88,7 +105,7 @@ def test_format_chapters_wraps_safely(tmp_path):
     page.write_text(
         "# t\n\n```{code-cell} ipython3\n:tags: [parameters]\n\n"
         f"value = 1  # {'a comment that is far too long ' * 3}\n"
-        f"print(f\"{{value}} {long_string} {long_string} {long_string} {long_string}\")\n```\n"
+        f'print(f"{{value}} {long_string} {long_string} {long_string} {long_string}")\n```\n'
     )
     assert format_chapters.main(["--check", str(page)]) == 1
     assert format_chapters.main([str(page)]) == 0
@@ -98,9 +115,16 @@ def test_format_chapters_wraps_safely(tmp_path):
     code = text.split(":tags: [parameters]\n\n", 1)[1].rsplit("```", 1)[0]
     namespace = {}
     exec(compile(code.replace("print(", "out = ("), "cell", "exec"), namespace)
-    assert namespace["out"] == f"1 {long_string} {long_string} {long_string} {long_string}"
+    assert (
+        namespace["out"] == f"1 {long_string} {long_string} {long_string} {long_string}"
+    )
 
 
 def test_docstring_escaping_keeps_literals():
-    assert book_pages.escape_plain_text("|a − b| and η_ in ``x|y_``") == r"\|a − b\| and η\_ in ``x|y_``"
-    assert book_pages.escape_plain_text("a_b, :data:`NAME_` ok") == "a_b, :data:`NAME_` ok"
+    assert (
+        book_pages.escape_plain_text("|a − b| and η_ in ``x|y_``")
+        == r"\|a − b\| and η\_ in ``x|y_``"
+    )
+    assert (
+        book_pages.escape_plain_text("a_b, :data:`NAME_` ok") == "a_b, :data:`NAME_` ok"
+    )

@@ -44,15 +44,29 @@ from tools.chapters import toc_chapters
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The built book to test: set explicitly, so that a stale ``_build/html`` is never tested by accident.
-HTML_DIR = Path(os.environ["IMMULIB_BOOK_HTML"]).resolve() if os.environ.get("IMMULIB_BOOK_HTML") else None
-CACHE = Path(os.environ.get("IMMULIB_TEST_CACHE", Path.home() / ".cache" / "immulib-tests"))
+HTML_DIR = (
+    Path(os.environ["IMMULIB_BOOK_HTML"]).resolve()
+    if os.environ.get("IMMULIB_BOOK_HTML")
+    else None
+)
+CACHE = Path(
+    os.environ.get("IMMULIB_TEST_CACHE", Path.home() / ".cache" / "immulib-tests")
+)
 MATHJAX_VERSION = "3"
 MATHJAX_CDN_RE = re.compile(r"https?://[^\"']*?mathjax@?[\d.]*/es5/")
 PAGES = [p.relative_to(ROOT).with_suffix(".html").as_posix() for p in toc_chapters()]
 BROWSER_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-    "--window-size=1400,1000", "--virtual-time-budget=30000", "--run-all-compositor-stages-before-draw",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--window-size=1400,1000",
+    "--virtual-time-budget=30000",
+    "--run-all-compositor-stages-before-draw",
 ]
 RESULT_ID = "immulib-browser-check"
 
@@ -116,21 +130,32 @@ CHECK_SCRIPT = """
   });
 })();
 </script>
-""" % {"id": RESULT_ID}
+""" % {"id": RESULT_ID}  # noqa: UP031 (the JavaScript is full of braces)
 
 
 # --------------------------------------------------------------------------------------------
 # setup: the built book, Chromium, MathJax, the local server
 # --------------------------------------------------------------------------------------------
 
+
 def _allowed_to_install() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0 and (
-        os.environ.get("CI") == "true" or os.environ.get("IMMULIB_INSTALL_BROWSER") == "1"
+    return (
+        hasattr(os, "geteuid")
+        and os.geteuid() == 0
+        and (
+            os.environ.get("CI") == "true"
+            or os.environ.get("IMMULIB_INSTALL_BROWSER") == "1"
+        )
     )
 
 
 def _find_chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+    for name in (
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    ):
         path = shutil.which(name)
         if path:
             return path
@@ -140,7 +165,9 @@ def _find_chromium() -> str | None:
 @pytest.fixture(scope="session")
 def built_html() -> Path:
     if HTML_DIR is None:
-        pytest.skip("set IMMULIB_BOOK_HTML to a built book's html folder (e.g. _build/html after `make book`)")
+        pytest.skip(
+            "set IMMULIB_BOOK_HTML to a built book's html folder (e.g. _build/html after `make book`)"
+        )
     if not (HTML_DIR / "index.html").is_file():
         pytest.skip(f"no built book at {HTML_DIR}: run `make book` first")
     return HTML_DIR
@@ -148,7 +175,10 @@ def built_html() -> Path:
 
 def _apt_install(package: str) -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+    for cmd in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", package],
+    ):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}"
 
@@ -159,8 +189,10 @@ def chromium() -> str:
     if path:
         return path
     if not _allowed_to_install():
-        pytest.skip("Chromium is not installed; install Debian's `chromium`, or run as root with "
-                    "CI=true or IMMULIB_INSTALL_BROWSER=1 to let this test install it")
+        pytest.skip(
+            "Chromium is not installed; install Debian's `chromium`, or run as root with "
+            "CI=true or IMMULIB_INSTALL_BROWSER=1 to let this test install it"
+        )
     _apt_install("chromium")
     path = _find_chromium()
     assert path, "apt-get installed chromium but no chromium executable is on PATH"
@@ -179,16 +211,32 @@ def mathjax() -> Path:
         _apt_install("npm")
         npm = shutil.which("npm")
     if not npm:
-        pytest.skip("npm is not installed: it is needed once to fetch MathJax's npm package "
-                    "(run as root with CI=true or IMMULIB_INSTALL_BROWSER=1 to let this test install it)")
+        pytest.skip(
+            "npm is not installed: it is needed once to fetch MathJax's npm package "
+            "(run as root with CI=true or IMMULIB_INSTALL_BROWSER=1 to let this test install it)"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
-        [npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund", "--no-save",
-         f"mathjax@{MATHJAX_VERSION}"],
-        capture_output=True, text=True, timeout=600,
+        [
+            npm,
+            "install",
+            "--prefix",
+            str(folder),
+            "--no-audit",
+            "--no-fund",
+            "--no-save",
+            f"mathjax@{MATHJAX_VERSION}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    assert proc.returncode == 0, f"npm install mathjax@{MATHJAX_VERSION} failed:\n{proc.stderr[-2000:]}"
-    assert (es5 / "tex-mml-chtml.js").is_file(), f"the npm package has no {es5 / 'tex-mml-chtml.js'}"
+    assert proc.returncode == 0, (
+        f"npm install mathjax@{MATHJAX_VERSION} failed:\n{proc.stderr[-2000:]}"
+    )
+    assert (es5 / "tex-mml-chtml.js").is_file(), (
+        f"the npm package has no {es5 / 'tex-mml-chtml.js'}"
+    )
     return es5
 
 
@@ -203,13 +251,19 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
         path = self.path.split("?", 1)[0].split("#", 1)[0]
         if path.startswith("/_mathjax/"):
-            return self._send(self.mathjax_dir / path[len("/_mathjax/"):], "application/javascript")
+            return self._send(
+                self.mathjax_dir / path[len("/_mathjax/") :], "application/javascript"
+            )
         if path.endswith(".html"):
             file = Path(self.translate_path(path))
             if file.is_file():
-                text = MATHJAX_CDN_RE.sub("/_mathjax/", file.read_text(encoding="utf-8"))
+                text = MATHJAX_CDN_RE.sub(
+                    "/_mathjax/", file.read_text(encoding="utf-8")
+                )
                 text = text.replace("</body>", CHECK_SCRIPT + "</body>", 1)
-                return self._send_bytes(text.encode("utf-8"), "text/html; charset=utf-8")
+                return self._send_bytes(
+                    text.encode("utf-8"), "text/html; charset=utf-8"
+                )
         return super().do_GET()
 
     def _send(self, file: Path, ctype: str):
@@ -228,7 +282,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(scope="session")
 def server(built_html, mathjax):
     handler = type("Handler", (_Handler,), {"mathjax_dir": mathjax})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(built_html)))
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(handler, directory=str(built_html))
+    )
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -241,11 +297,15 @@ def open_page(chromium: str, url: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="immulib-chromium-") as profile:
         proc = subprocess.run(
             [chromium, *BROWSER_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
-            capture_output=True, text=True, timeout=180,
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
     match = re.search(rf'<pre id="{RESULT_ID}"[^>]*>(.*?)</pre>', proc.stdout, re.S)
-    assert match, (f"the check script did not report on {url} (rc {proc.returncode}):\n"
-                   f"{proc.stderr[-2000:]}")
+    assert match, (
+        f"the check script did not report on {url} (rc {proc.returncode}):\n"
+        f"{proc.stderr[-2000:]}"
+    )
     return json.loads(html.unescape(match[1]))
 
 
@@ -253,13 +313,20 @@ def open_page(chromium: str, url: str) -> dict:
 # the tests
 # --------------------------------------------------------------------------------------------
 
+
 def test_the_server_serves_mathjax_locally(server, built_html):
     import urllib.request
 
     page = next(p for p in PAGES if (built_html / p).is_file())
     text = urllib.request.urlopen(f"{server}/{page}", timeout=10).read().decode()
-    assert "cdn.jsdelivr.net/npm/mathjax" not in text and "/_mathjax/" in text and RESULT_ID in text
-    script = urllib.request.urlopen(f"{server}/_mathjax/tex-mml-chtml.js", timeout=10).read()
+    assert (
+        "cdn.jsdelivr.net/npm/mathjax" not in text
+        and "/_mathjax/" in text
+        and RESULT_ID in text
+    )
+    script = urllib.request.urlopen(
+        f"{server}/_mathjax/tex-mml-chtml.js", timeout=10
+    ).read()
     assert len(script) > 100_000
 
 
@@ -272,6 +339,9 @@ def test_page_reads_well_in_a_browser(page, built_html, chromium, server):
     failures = [f"MathJax error: {e}" for e in res["mathjax_errors"]]
     if res["math_spans"] and not (res["mathjax"] and res["typeset"] > 0):
         failures.append("MathJax did not typeset the page's math")
-    failures += [f"{w['what']} {w['width']} px wide (column {w['column']} px): {w['where']}" for w in res["wide"]]
+    failures += [
+        f"{w['what']} {w['width']} px wide (column {w['column']} px): {w['where']}"
+        for w in res["wide"]
+    ]
     failures += [f"traceback or warning in an {p}" for p in res["problems"]]
     assert not failures, f"{page}:\n  " + "\n  ".join(failures)

@@ -56,9 +56,13 @@ def test_failed_download_is_reported(isolated_data, monkeypatch):
         data.load_mnist("test")
 
 
-def test_download_from_a_mirror_is_verified_and_cached(project_data, isolated_data, monkeypatch):
+def test_download_from_a_mirror_is_verified_and_cached(
+    project_data, isolated_data, monkeypatch
+):
     mirror = project_data / "mnist"
-    monkeypatch.setitem(data.MIRRORS, "mnist", ("file:///nonexistent/", mirror.as_uri() + "/"))
+    monkeypatch.setitem(
+        data.MIRRORS, "mnist", ("file:///nonexistent/", mirror.as_uri() + "/")
+    )
     test = data.load_mnist("test")
     assert test.images.shape == (10000, 28, 28)
     assert (isolated_data / "cache" / "mnist" / "t10k-images-idx3-ubyte.gz").is_file()
@@ -70,10 +74,16 @@ def test_corrupt_download_is_rejected(isolated_data, monkeypatch):
     with gzip.open(mirror / "t10k-labels-idx1-ubyte.gz", "wb") as f:
         f.write(b"\x00\x00\x08\x01" + b"\x00" * 20)
     monkeypatch.setitem(data.MIRRORS, "mnist", (mirror.as_uri() + "/",))
-    with pytest.raises(FileNotFoundError, match="rejected: it holds 24 bytes once decompressed"):
+    with pytest.raises(
+        FileNotFoundError, match="rejected: it holds 24 bytes once decompressed"
+    ):
         data.locate("mnist", "t10k-labels-idx1-ubyte.gz")
-    assert not (isolated_data / "cache" / "mnist" / "t10k-labels-idx1-ubyte.gz").exists()
-    assert list((isolated_data / "cache" / "mnist").iterdir()) == []  # no temporary file left
+    assert not (
+        isolated_data / "cache" / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    ).exists()
+    assert (
+        list((isolated_data / "cache" / "mnist").iterdir()) == []
+    )  # no temporary file left
 
 
 def test_corrupt_local_file_is_an_error_not_a_wrong_number(project_data, isolated_data):
@@ -84,7 +94,9 @@ def test_corrupt_local_file_is_an_error_not_a_wrong_number(project_data, isolate
     raw = gzip.open(folder / "t10k-labels-idx1-ubyte.gz").read()
     with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as f:
         f.write(raw[:-1] + bytes([(raw[-1] + 1) % 10]))  # one label changed
-    with pytest.raises(data.DamagedFileError, match="t10k-labels-idx1-ubyte.gz.*SHA-256"):
+    with pytest.raises(
+        data.DamagedFileError, match="t10k-labels-idx1-ubyte.gz.*SHA-256"
+    ):
         data.load_mnist("test", data_dir=isolated_data / "local", download=False)
 
 
@@ -117,7 +129,11 @@ def test_mnist_contents(project_data):
 
 def test_fashion_mnist_contents(project_data):
     train, test = data.load_fashion_mnist("train"), data.load_fashion_mnist("test")
-    assert train.images.shape == (60000, 28, 28) and test.images.shape == (10000, 28, 28)
+    assert train.images.shape == (60000, 28, 28) and test.images.shape == (
+        10000,
+        28,
+        28,
+    )
     assert np.bincount(train.labels).tolist() == [6000] * 10
 
 
@@ -128,8 +144,13 @@ def test_digits_8x8_and_digit_pair():
     n = min(np.sum(digits.labels == 3), np.sum(digits.labels == 8))
     assert a.shape == b.shape == (n, 8, 8)
     # every returned image really is an image of its class
-    by_bytes = {img.tobytes(): lab for img, lab in zip(digits.images, digits.labels)}
-    assert {by_bytes[i.tobytes()] for i in a} == {3} and {by_bytes[i.tobytes()] for i in b} == {8}
+    by_bytes = {
+        img.tobytes(): lab
+        for img, lab in zip(digits.images, digits.labels, strict=True)
+    }
+    assert {by_bytes[i.tobytes()] for i in a} == {3} and {
+        by_bytes[i.tobytes()] for i in b
+    } == {8}
     a2, b2 = data.digit_pair(digits, 3, 8, seed=1)
     assert np.array_equal(a, a2) and np.array_equal(b, b2)
     with pytest.raises(ValueError, match="different"):
@@ -157,13 +178,17 @@ def _authors_reference(frame, label):
     frame = frame.copy()
     for col in frame.columns:
         if not pd.api.types.is_numeric_dtype(frame[col]):
-            frame[col] = LabelEncoder().fit_transform(frame[col].astype(object).fillna(0).astype(str))
+            frame[col] = LabelEncoder().fit_transform(
+                frame[col].astype(object).fillna(0).astype(str)
+            )
         else:
             frame[col] = frame[col].fillna(0)
     feats = [c for c in frame.columns if c not in ("LotArea", "SalePrice")]
     std = frame[feats].std().replace(0, 1)
     X = ((frame[feats] - frame[feats].mean()) / std).to_numpy(float)
-    y = ((frame[label] - frame[label].mean()) / (frame[label].std() or 1)).to_numpy(float)
+    y = ((frame[label] - frame[label].mean()) / (frame[label].std() or 1)).to_numpy(
+        float
+    )
     return X, y
 
 
@@ -206,7 +231,9 @@ def test_house_prices_well_posed_setup(project_data):
     authors = data.load_house_prices(setup="authors", data_dir=project_data)
     wp = data.load_house_prices(setup="well_posed", data_dir=project_data)
     removed = [n for n in authors.feature_names if n not in wp.feature_names]
-    assert {"TotalBsmtSF", "GrLivArea", "MSZoning", "Utilities", "PoolQC"} <= set(removed)
+    assert {"TotalBsmtSF", "GrLivArea", "MSZoning", "Utilities", "PoolQC"} <= set(
+        removed
+    )
     keep = [authors.feature_names.index(n) for n in wp.feature_names]
     for a, b in ((authors.XP, wp.XP), (authors.XH, wp.XH), (authors.XP_val, wp.XP_val)):
         assert np.array_equal(a[:, keep], b)  # same rows and values, columns removed
@@ -215,11 +242,16 @@ def test_house_prices_well_posed_setup(project_data):
     for X in (wp.XP, wp.XH):
         K = linalg.gram(X)
         assert linalg.numerical_rank(K) == d
-        pinv, shifted = (linalg.condition_number(K, convention=c) for c in ("pinv", "shifted"))
+        pinv, shifted = (
+            linalg.condition_number(K, convention=c) for c in ("pinv", "shifted")
+        )
         # the shifted convention adds 1e-6·I: exactly that, and nothing else, separates them
         lam = np.linalg.eigvalsh(K.numpy())
         assert shifted == pytest.approx((lam[-1] + 1e-6) / (lam[0] + 1e-6), rel=1e-9)
-        assert abs(shifted - pinv) / pinv <= 1e-6 / lam[0] * 1.01 and abs(shifted - pinv) / pinv < 1e-5
+        assert (
+            abs(shifted - pinv) / pinv <= 1e-6 / lam[0] * 1.01
+            and abs(shifted - pinv) / pinv < 1e-5
+        )
 
 
 def test_every_public_function_names_an_existing_chapter_label():
@@ -230,11 +262,20 @@ def test_every_public_function_names_an_existing_chapter_label():
     from immulib import house_prices, images
 
     book = Path(__file__).resolve().parent.parent / "book"
-    labels = set(re.findall(r"^\(([\w-]+)\)=", "\n".join(p.read_text() for p in book.glob("*.md")), re.M))
+    labels = set(
+        re.findall(
+            r"^\(([\w-]+)\)=", "\n".join(p.read_text() for p in book.glob("*.md")), re.M
+        )
+    )
     for module in (house_prices, images):
         for name in module.__all__:
             obj = getattr(module, name)
-            if not (inspect.isfunction(obj) or inspect.isclass(obj)) or obj.__module__ != module.__name__:
+            if (
+                not (inspect.isfunction(obj) or inspect.isclass(obj))
+                or obj.__module__ != module.__name__
+            ):
                 continue
             found = re.findall(r"\{ref\}`([\w-]+)`", obj.__doc__ or "")
-            assert found and set(found) <= labels, f"{module.__name__}.{name}: {found} vs the book's labels"
+            assert found and set(found) <= labels, (
+                f"{module.__name__}.{name}: {found} vs the book's labels"
+            )

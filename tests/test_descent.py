@@ -34,7 +34,9 @@ def test_eq2_bound_holds_at_every_step_on_many_quadratics():
 def test_worst_case_start_attains_the_squared_factor():
     A = np.diag([1.0, 10.0])
     err = descent.gd_errors(A, np.array([1.0, 0.0]), 5)  # eigenvector of λ_min
-    np.testing.assert_allclose(err.numpy(), (1 - 1 / 10) ** (2 * np.arange(6)), rtol=1e-12)
+    np.testing.assert_allclose(
+        err.numpy(), (1 - 1 / 10) ** (2 * np.arange(6)), rtol=1e-12
+    )
 
 
 def test_batched_equals_one_by_one():
@@ -45,7 +47,9 @@ def test_batched_equals_one_by_one():
     for i in range(4):
         torch.testing.assert_close(batched[i], descent.gd_errors(As[i], E0[i], 30))
     batched_exact = descent.gd_errors(As, E0, 30, step_size="exact")
-    torch.testing.assert_close(batched_exact[2], descent.gd_errors(As[2], E0[2], 30, step_size="exact"))
+    torch.testing.assert_close(
+        batched_exact[2], descent.gd_errors(As[2], E0[2], 30, step_size="exact")
+    )
 
 
 def test_exact_line_search_takes_the_best_step():
@@ -58,7 +62,9 @@ def test_exact_line_search_takes_the_best_step():
         eta = g @ g / (g @ A @ g)
         f = lambda step: 0.5 * (e0 - step * g) @ A @ (e0 - step * g)
         assert all(f(eta) <= f(eta * s) + 1e-12 for s in (0.5, 0.9, 1.1, 2.0))
-        np.testing.assert_allclose(float(one[1]), np.sum((e0 - eta * g) ** 2), rtol=1e-12)
+        np.testing.assert_allclose(
+            float(one[1]), np.sum((e0 - eta * g) ** 2), rtol=1e-12
+        )
 
 
 def test_exact_line_search_obeys_kantorovich_rate():
@@ -70,7 +76,10 @@ def test_exact_line_search_obeys_kantorovich_rate():
         rate = ((kappa - 1) / (kappa + 1)) ** 2
         for _ in range(20):  # f(e) = ½ eᵀAe contracts by at least `rate` per step
             e_next = e - (g := A @ e) @ g / (g @ A @ g) * g
-            assert 0.5 * e_next @ A @ e_next <= rate * 0.5 * e @ A @ e * (1 + 1e-9) + 1e-300
+            assert (
+                0.5 * e_next @ A @ e_next
+                <= rate * 0.5 * e @ A @ e * (1 + 1e-9) + 1e-300
+            )
             e = e_next
 
 

@@ -12,7 +12,9 @@ from immulib import evaluate, linalg, metrics, optimal
 
 
 def _data(rng, n, d, log_spread):
-    X = rng.standard_normal((n, d)) @ np.diag(np.exp(rng.uniform(-log_spread, log_spread, d)))
+    X = rng.standard_normal((n, d)) @ np.diag(
+        np.exp(rng.uniform(-log_spread, log_spread, d))
+    )
     y = X @ rng.standard_normal(d) + 0.1 * rng.standard_normal(n)
     return X, y
 
@@ -52,7 +54,9 @@ def test_fixed_step_count_matches_a_direct_implementation_of_the_tuned_grid():
     for _ in range(20):
         X, y = _data(rng, 50, 6, 1.0)
         lam_max = np.linalg.eigvalsh(X.T @ X).max()
-        want = min(_direct(X, y, 1e-4, 2000, eta=c / lam_max) for c in evaluate.FIXED_GRID)
+        want = min(
+            _direct(X, y, 1e-4, 2000, eta=c / lam_max) for c in evaluate.FIXED_GRID
+        )
         got = evaluate.attack_steps(X, y, target=1e-4, max_steps=2000)["fixed"]
         assert abs(got - want) <= 1, (got, want)
 
@@ -75,9 +79,15 @@ def test_steps_grow_with_the_condition_number():
 def test_unreached_target_returns_max_steps_plus_one_and_whitening_needs_one_step():
     rng = np.random.default_rng(3)
     X, y = _data(rng, 100, 6, 4.0)
-    assert evaluate.attack_steps(X, y, target=1e-10, max_steps=5) == {"exact": 6, "fixed": 6}
+    assert evaluate.attack_steps(X, y, target=1e-10, max_steps=5) == {
+        "exact": 6,
+        "fixed": 6,
+    }
     white = X @ optimal.optimal_theta(linalg.gram(X)).numpy()
-    assert evaluate.attack_steps(white, y, target=1e-12, max_steps=5) == {"exact": 1, "fixed": 1}
+    assert evaluate.attack_steps(white, y, target=1e-12, max_steps=5) == {
+        "exact": 1,
+        "fixed": 1,
+    }
 
 
 def _split_problem(seed=4, d=6):
@@ -86,7 +96,12 @@ def _split_problem(seed=4, d=6):
     XH, yH = _data(rng, 80, d, 1.0)
     XPt, yPt = _data(rng, 60, d, 1.0)
     XHt, yHt = _data(rng, 60, d, 1.0)
-    return (XP, yP, XH, yH), {"XP_test": XPt, "yP_test": yPt, "XH_test": XHt, "yH_test": yHt}
+    return (XP, yP, XH, yH), {
+        "XP_test": XPt,
+        "yP_test": yPt,
+        "XH_test": XHt,
+        "yH_test": yHt,
+    }
 
 
 def test_identity_row_is_one_and_the_table_has_the_ratio_columns():
@@ -95,15 +110,24 @@ def test_identity_row_is_one_and_the_table_has_the_ratio_columns():
     table = evaluate.score_table({"whitening": theta}, *train, **test)
     assert list(table.index) == ["identity", "whitening"]
     ident = table.loc["identity"]
-    assert ident.i == pytest.approx(1) and ident.ii == pytest.approx(1) and ident.rir == pytest.approx(1)
+    assert (
+        ident.i == pytest.approx(1)
+        and ident.ii == pytest.approx(1)
+        and ident.rir == pytest.approx(1)
+    )
     assert ident.loss_P_kept == pytest.approx(1) and ident.theta_dist == 0
     assert not ident.def31 and not ident.slower_than_identity
     for c in evaluate.STEP_COLUMNS:
         assert ident[c + "_vs_identity"] == 1
-        assert table.loc["whitening", c + "_vs_identity"] == table.loc["whitening", c] / ident[c]
+        assert (
+            table.loc["whitening", c + "_vs_identity"]
+            == table.loc["whitening", c] / ident[c]
+        )
     w = table.loc["whitening"]
     assert w.steps_P_train_exact == 1 and w.loss_P_kept == pytest.approx(1, rel=1e-9)
-    assert w.rir == pytest.approx(optimal.rir_ceiling(linalg.gram(train[0]), linalg.gram(train[2])), rel=1e-8)
+    assert w.rir == pytest.approx(
+        optimal.rir_ceiling(linalg.gram(train[0]), linalg.gram(train[2])), rel=1e-8
+    )
 
 
 def test_score_agrees_with_metrics_rir_and_attack_steps():
@@ -111,11 +135,22 @@ def test_score_agrees_with_metrics_rir_and_attack_steps():
     XP, _, XH, yH = train
     theta = np.random.default_rng(0).standard_normal((6, 6))
     ref = np.random.default_rng(1).standard_normal((6, 6))
-    row = evaluate.score(theta, *train, **test, theta_ref=ref, target=1e-3, max_steps=500)
+    row = evaluate.score(
+        theta, *train, **test, theta_ref=ref, target=1e-3, max_steps=500
+    )
     r = metrics.rir(XP, XH, theta, theta0=ref)
-    assert (row["i"], row["ii"], row["rir"], row["kappa_P"], row["kappa_H"]) == (r.i, r.ii, r.rir, r.kappa_P, r.kappa_H)
+    assert (row["i"], row["ii"], row["rir"], row["kappa_P"], row["kappa_H"]) == (
+        r.i,
+        r.ii,
+        r.rir,
+        r.kappa_P,
+        r.kappa_H,
+    )
     assert row["theta_dist"] == pytest.approx(np.linalg.norm(theta - ref))
-    for split, (X, y) in {"train_H": (XH, yH), "test_P": (test["XP_test"], test["yP_test"])}.items():
+    for split, (X, y) in {
+        "train_H": (XH, yH),
+        "test_P": (test["XP_test"], test["yP_test"]),
+    }.items():
         task_split = split.split("_")
         want = evaluate.attack_steps(X @ theta, y, target=1e-3, max_steps=500)
         assert row[f"steps_{task_split[1]}_{task_split[0]}_exact"] == want["exact"]
@@ -130,7 +165,9 @@ def test_flags_compute_as_stated():
     row = evaluate.score(optimal.optimal_theta(KP), *train, **test)
     assert row["def31"] == (row["i"] > 1)
     base = evaluate.score(np.eye(6), *train, **test)
-    assert row["slower_than_identity"] == (row["steps_H_test_exact"] > base["steps_H_test_exact"])
+    assert row["slower_than_identity"] == (
+        row["steps_H_test_exact"] > base["steps_H_test_exact"]
+    )
     # dropping a direction loses the D_P optimum: loss_P_kept > 1, so Definition 3.1 fails
     proj = np.eye(6)
     proj[0, 0] = 0.0
@@ -145,8 +182,12 @@ def test_flags_compute_as_stated():
     assert math.isnan(no_test["steps_H_test_exact"]) and no_test["slower_than_identity"]
     # the frontier member with (ii) = 1 keeps the D_P optimum: Definition 3.1 holds iff (i) > 1
     KH = linalg.gram(train[2])
-    good = evaluate.score(optimal.frontier_theta(KP, KH, linalg.condition_number(KP)), *train, **test)
-    assert good["ii"] == pytest.approx(1, rel=1e-8) and good["loss_P_kept"] == pytest.approx(1, rel=1e-8)
+    good = evaluate.score(
+        optimal.frontier_theta(KP, KH, linalg.condition_number(KP)), *train, **test
+    )
+    assert good["ii"] == pytest.approx(1, rel=1e-8) and good[
+        "loss_P_kept"
+    ] == pytest.approx(1, rel=1e-8)
     assert good["def31"] == (good["i"] > 1)
 
 

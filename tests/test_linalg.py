@@ -41,7 +41,9 @@ def test_conventions_disagree_on_rank_deficient_matrix():
     # eigenvalues (10, 1, 0): pinv ignores the zero; shifted keeps 0 + tiny noise if above 1e-6
     S = np.diag([10.0, 1.0, 0.0])
     assert linalg.condition_number(S) == pytest.approx(10.0)
-    assert linalg.condition_number(S, convention="shifted") == pytest.approx(10.0, rel=1e-5)
+    assert linalg.condition_number(S, convention="shifted") == pytest.approx(
+        10.0, rel=1e-5
+    )
     S_noisy = np.diag([10.0, 1.0, 1e-15])
     assert linalg.condition_number(S_noisy) == pytest.approx(10.0)
     assert linalg.condition_number(S_noisy, convention="shifted") > 1e6
@@ -54,7 +56,9 @@ def test_shifted_matches_authors_formula():
         lam = np.where(rng.random(9) < 0.4, 0.0, np.exp(rng.uniform(-3, 6, 9)))
         lam[0] = 1.0
         expected = (lam.max() + 1e-6) / (lam[lam > 0].min() + 1e-6)
-        got = linalg.condition_number(np.diag(rng.permutation(lam)), convention="shifted")
+        got = linalg.condition_number(
+            np.diag(rng.permutation(lam)), convention="shifted"
+        )
         assert got == pytest.approx(expected, rel=1e-12)
         # full rank, eigenvalues far above the shift: the authors' formula through numpy
         X = rng.standard_normal((30, 9))
@@ -122,7 +126,9 @@ def test_condition_number_rejects_bad_input(bad, match):
 
 def test_condition_number_argument_errors():
     with pytest.raises(ValueError, match="symmetric"):
-        linalg.condition_number(np.array([[1.0, 2.0], [0.0, 1.0]]), convention="shifted")
+        linalg.condition_number(
+            np.array([[1.0, 2.0], [0.0, 1.0]]), convention="shifted"
+        )
     with pytest.raises(ValueError, match="convention"):
         linalg.condition_number(np.eye(2), convention="svd")
     with pytest.raises(TypeError, match="rank_tol"):
@@ -156,12 +162,21 @@ def test_every_public_function_names_an_existing_chapter_label():
     from immulib import descent, metrics, regularizers
 
     book = Path(__file__).resolve().parent.parent / "book"
-    labels = set(re.findall(r"^\(([\w-]+)\)=", "\n".join(p.read_text() for p in book.glob("*.md")), re.M))
+    labels = set(
+        re.findall(
+            r"^\(([\w-]+)\)=", "\n".join(p.read_text() for p in book.glob("*.md")), re.M
+        )
+    )
     for module in (linalg, descent, regularizers, metrics):
         for name in module.__all__:
             obj = getattr(module, name)
-            if not (inspect.isfunction(obj) or inspect.isclass(obj)) or obj.__module__ != module.__name__:
+            if (
+                not (inspect.isfunction(obj) or inspect.isclass(obj))
+                or obj.__module__ != module.__name__
+            ):
                 continue
             found = re.findall(r"\{ref\}`([\w-]+)`", obj.__doc__ or "")
             assert found, f"{module.__name__}.{name}: no chapter label in its docstring"
-            assert set(found) <= labels, f"{module.__name__}.{name}: unknown label(s) {set(found) - labels}"
+            assert set(found) <= labels, (
+                f"{module.__name__}.{name}: unknown label(s) {set(found) - labels}"
+            )

@@ -29,8 +29,18 @@ def test_paper_policy_is_algorithm_1_as_printed():
     """One step of policy "paper" is line 4 and line 6 of Algorithm 1, written out by hand."""
     XP, yP, XH, _ = _task()
     eta, lP, lH = 0.004, 0.01, 3e3
-    res = lin.immunize(XP, yP, XH, policy="paper", steps=1, eta=eta, lam_P=lP, lam_H=lH, seed=2,
-                       progress=False)
+    res = lin.immunize(
+        XP,
+        yP,
+        XH,
+        policy="paper",
+        steps=1,
+        eta=eta,
+        lam_P=lP,
+        lam_H=lH,
+        seed=2,
+        progress=False,
+    )
     gen = torch.Generator().manual_seed(2)
     omega = torch.randn(8, generator=gen, dtype=torch.float64) / np.sqrt(8)
     X, y, Xh = (torch.tensor(a) for a in (XP, yP, XH))
@@ -56,9 +66,12 @@ def test_closed_form_equals_the_dummy_layer():
     r = X @ theta @ omega - y
     sup = torch.outer(2 / len(y) * X.T @ r, omega)
     G = 0.3 * reg.g_well(theta.T @ linalg.gram(X) @ theta) + 2e3 * reg.g_ill(
-        theta.T @ linalg.gram(torch.tensor(XH)) @ theta)
+        theta.T @ linalg.gram(torch.tensor(XH)) @ theta
+    )
     closed = sup + 2 * theta @ G
-    assert torch.allclose(auto, closed, rtol=1e-9, atol=1e-12 * float(closed.abs().max()))
+    assert torch.allclose(
+        auto, closed, rtol=1e-9, atol=1e-12 * float(closed.abs().max())
+    )
 
 
 def test_dummy_layer_applies_K_inverse_on_the_chosen_side_and_refuses_singular_K():
@@ -66,20 +79,35 @@ def test_dummy_layer_applies_K_inverse_on_the_chosen_side_and_refuses_singular_K
     K = linalg.gram(rng.standard_normal((20, 5)))
     theta = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
     C = torch.randn(5, 5, dtype=torch.float64)
-    for side, expect in (("theta", torch.linalg.solve(K, C)), ("output", C @ torch.linalg.inv(K))):
-        (g,) = torch.autograd.grad((lin.precondition(theta, K, side=side) * C).sum(), theta)
+    for side, expect in (
+        ("theta", torch.linalg.solve(K, C)),
+        ("output", C @ torch.linalg.inv(K)),
+    ):
+        (g,) = torch.autograd.grad(
+            (lin.precondition(theta, K, side=side) * C).sum(), theta
+        )
         assert torch.allclose(g, expect, rtol=1e-9)
-    singular = linalg.gram(rng.standard_normal((3, 5)))  # rank 3 < 5: a small mini-batch
+    singular = linalg.gram(
+        rng.standard_normal((3, 5))
+    )  # rank 3 < 5: a small mini-batch
     with pytest.raises(ValueError, match="ridge"):
         lin.precondition(theta, singular)
-    lin.precondition(theta, singular, ridge=1.0)  # the released code's ridge makes it invertible
+    lin.precondition(
+        theta, singular, ridge=1.0
+    )  # the released code's ridge makes it invertible
 
 
 def test_a_batch_of_problems_equals_one_run_per_problem():
     tasks = [_task(seed=s) for s in range(3)]
     probs = [lin.Problem.from_data(XP, yP, XH) for XP, yP, XH, _ in tasks]
-    stacked = lin.Problem(*(torch.cat([getattr(p, f) for p in probs]) if getattr(probs[0], f) is not None
-                            else None for f in lin.Problem.__dataclass_fields__))
+    stacked = lin.Problem(
+        *(
+            torch.cat([getattr(p, f) for p in probs])
+            if getattr(probs[0], f) is not None
+            else None
+            for f in lin.Problem.__dataclass_fields__
+        )
+    )
     for method in ("ours", "constrained", "opt_kappa"):
         th, om, hist, _ = lin.run(stacked, method, steps=12, progress=False)
         for b, p in enumerate(probs):
@@ -91,11 +119,20 @@ def test_a_batch_of_problems_equals_one_run_per_problem():
 def test_seeded_reruns_are_identical_and_seeds_differ():
     XP, yP, XH, yH = _task()
     for method in lin.METHODS:
-        kw = dict(yH=yH, method=method, steps=15, seed=3, init="linear_default", progress=False)
+        kw = dict(
+            yH=yH,
+            method=method,
+            steps=15,
+            seed=3,
+            init="linear_default",
+            progress=False,
+        )
         a, b = lin.immunize(XP, yP, XH, **kw), lin.immunize(XP, yP, XH, **kw)
         assert torch.equal(a.theta, b.theta) and torch.equal(a.omega, b.omega), method
         assert a.history.equals(b.history), method
-    c = lin.immunize(XP, yP, XH, steps=15, seed=4, init="linear_default", progress=False)
+    c = lin.immunize(
+        XP, yP, XH, steps=15, seed=4, init="linear_default", progress=False
+    )
     assert not torch.equal(a.theta, c.theta)
 
 
@@ -105,13 +142,25 @@ def test_r_ill_changes_the_harmful_ratio_in_the_adaptive_and_constrained_methods
     a = lin.immunize(XP, yP, XH, steps=150, progress=False)
     b = lin.immunize(XP, yP, XH, steps=150, lam_H=0.0, progress=False)
     with_ill, without = _rir(XP, XH, a), _rir(XP, XH, b)
-    assert with_ill.i > 1.01 * without.i  # R_ill raises (i) (on House Prices by about 15 %)
+    assert (
+        with_ill.i > 1.01 * without.i
+    )  # R_ill raises (i) (on House Prices by about 15 %)
     assert float((a.theta - b.theta).norm() / b.theta.norm()) > 1e-2
-    ill_only = _rir(XP, XH, lin.immunize(XP, yP, XH, method="r_ill_only", steps=150, progress=False))
+    ill_only = _rir(
+        XP, XH, lin.immunize(XP, yP, XH, method="r_ill_only", steps=150, progress=False)
+    )
     assert ill_only.i > 2.0  # R_ill alone moves θ (it did not before)
-    cons = _rir(XP, XH, lin.immunize(XP, yP, XH, method="constrained", steps=150, progress=False))
+    cons = _rir(
+        XP,
+        XH,
+        lin.immunize(XP, yP, XH, method="constrained", steps=150, progress=False),
+    )
     # the constrained method without its ascent term is only restoration: no gain in (i)
-    flat = _rir(XP, XH, lin.immunize(XP, yP, XH, method="r_well_only", steps=150, progress=False))
+    flat = _rir(
+        XP,
+        XH,
+        lin.immunize(XP, yP, XH, method="r_well_only", steps=150, progress=False),
+    )
     assert cons.i > 2 * flat.i
 
 
@@ -120,19 +169,37 @@ def test_constrained_keeps_definition_3_1_b_and_approaches_the_ceiling():
     KP, KH = linalg.gram(torch.tensor(XP)), linalg.gram(torch.tensor(XH))
     C = optimal.rir_ceiling(KP, KH)
     for seed in range(3):
-        res = lin.immunize(XP, yP, XH, method="constrained", steps=300, seed=seed,
-                           init="linear_default", progress=False)
+        res = lin.immunize(
+            XP,
+            yP,
+            XH,
+            method="constrained",
+            steps=300,
+            seed=seed,
+            init="linear_default",
+            progress=False,
+        )
         r = _rir(XP, XH, res)
         assert r.ii <= 1 + 1e-9
         assert r.i >= 0.25 * C
         assert r.i <= C * r.ii * (1 + 1e-9)  # no extractor beats (i) <= C·(ii)
-        assert torch.linalg.svdvals(res.theta).min() > 0  # invertible: the D_P optimum is kept
+        assert (
+            torch.linalg.svdvals(res.theta).min() > 0
+        )  # invertible: the D_P optimum is kept
 
 
 def test_adaptive_r_well_decreases_kappa_P_every_step():
     XP, yP, XH, _ = _task()
-    res = lin.immunize(XP, yP, XH, method="r_well_only", steps=40, record_every=1, eta=1e-12,
-                       progress=False)
+    res = lin.immunize(
+        XP,
+        yP,
+        XH,
+        method="r_well_only",
+        steps=40,
+        record_every=1,
+        eta=1e-12,
+        progress=False,
+    )
     k = res.history.kappa_P.to_numpy()
     assert (np.diff(k) < 0).all()
 
@@ -144,9 +211,17 @@ def test_released_policy_runs_mini_batches_and_is_seeded():
     b = lin.immunize(XP, yP, XH, seed=1, progress=False, **kw)
     assert torch.equal(a.theta, b.theta)
     assert len(a.history) == 1 + 2 * (60 // 16)
-    with pytest.raises(ValueError, match="ridge"):  # ridge 0 on rank-16 mini-batches of 8 columns? no:
-        lin.immunize(XP[:, :8], yP, XH, seed=1, progress=False,
-                     **{**kw, "ridge": 0.0, "batch_size": 4})
+    with pytest.raises(
+        ValueError, match="ridge"
+    ):  # ridge 0 on rank-16 mini-batches of 8 columns? no:
+        lin.immunize(
+            XP[:, :8],
+            yP,
+            XH,
+            seed=1,
+            progress=False,
+            **{**kw, "ridge": 0.0, "batch_size": 4},
+        )
 
 
 def test_bad_input_is_refused_by_name():
@@ -177,10 +252,28 @@ def test_bad_input_is_refused_by_name():
 def test_divergence_names_the_step_and_weights_and_a_frozen_theta_warns():
     XP, yP, XH, _ = _task()
     with pytest.raises(FloatingPointError, match="eta"):
-        lin.immunize(XP, yP, XH, policy="paper", eta=1.0, lam_P=1e6, lam_H=0.0, steps=50,
-                     progress=False)
+        lin.immunize(
+            XP,
+            yP,
+            XH,
+            policy="paper",
+            eta=1.0,
+            lam_P=1e6,
+            lam_H=0.0,
+            steps=50,
+            progress=False,
+        )
     with pytest.warns(RuntimeWarning, match="did not move"):
-        lin.immunize(XP, yP, XH, method="r_well_only", lam_P=0.0, eta=1e-300, steps=3, progress=False)
+        lin.immunize(
+            XP,
+            yP,
+            XH,
+            method="r_well_only",
+            lam_P=0.0,
+            eta=1e-300,
+            steps=3,
+            progress=False,
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         lin.immunize(XP, yP, XH, steps=3, progress=False)

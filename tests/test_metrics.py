@@ -9,7 +9,9 @@ from immulib import metrics
 
 def _data(seed=0, n=40, d=6):
     rng = np.random.default_rng(seed)
-    return rng.standard_normal((n, d)), rng.standard_normal((n, d)) @ np.diag([1, 2, 3, 4, 5, 30.0])
+    return rng.standard_normal((n, d)), rng.standard_normal((n, d)) @ np.diag(
+        [1, 2, 3, 4, 5, 30.0]
+    )
 
 
 def _kappa(S):
@@ -46,7 +48,9 @@ def test_passing_theta_as_theta0_hides_immunization():
     whiten = Q @ np.diag(lam**-0.5) @ Q.T  # makes H_P = I: an immunizing θ
     assert metrics.rir(XP, XH, whiten, theta0=whiten).rir == 1.0
     honest = metrics.rir(XP, XH, whiten, theta0=np.eye(6))
-    assert honest.rir > 2 and honest.rir == pytest.approx(metrics.rir(XP, XH, whiten).rir, rel=1e-9)
+    assert honest.rir > 2 and honest.rir == pytest.approx(
+        metrics.rir(XP, XH, whiten).rir, rel=1e-9
+    )
 
 
 def test_norm_ratio_matches_exact_line_search_by_hand():

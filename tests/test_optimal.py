@@ -29,7 +29,9 @@ def test_inequality_holds_on_many_random_problems_and_thetas():
             theta = rng.standard_normal((n, n)) @ np.diag(np.exp(rng.uniform(-2, 2, n)))
             worst = max(worst, optimal.kappa_ratio(theta, KP, KH) / spread)
     assert worst <= 1 + 1e-9
-    assert worst > 0.2  # random θ get within a factor of the bound, so the check is not vacuous
+    assert (
+        worst > 0.2
+    )  # random θ get within a factor of the bound, so the check is not vacuous
 
 
 def test_equality_at_theta_star_for_any_orthogonal_q():
@@ -40,7 +42,11 @@ def test_equality_at_theta_star_for_any_orthogonal_q():
     for seed in range(5):
         Q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((6, 6)))
         theta = optimal.optimal_theta(KP, Q)
-        assert torch.allclose(linalg.probe_hessian(theta, KP), torch.eye(6, dtype=torch.float64), atol=1e-10)
+        assert torch.allclose(
+            linalg.probe_hessian(theta, KP),
+            torch.eye(6, dtype=torch.float64),
+            atol=1e-10,
+        )
         assert optimal.kappa_ratio(theta, KP, KH) == pytest.approx(spread, rel=1e-8)
 
 
@@ -58,9 +64,13 @@ def test_rir_of_theta_star_is_the_ceiling_and_no_theta_beats_it():
     XP, XH = _problem(rng, 5)
     KP, KH = linalg.gram(XP), linalg.gram(XH)
     ceiling = optimal.rir_ceiling(KP, KH)
-    assert metrics.rir(XP, XH, optimal.optimal_theta(KP)).rir == pytest.approx(ceiling, rel=1e-8)
+    assert metrics.rir(XP, XH, optimal.optimal_theta(KP)).rir == pytest.approx(
+        ceiling, rel=1e-8
+    )
     for _ in range(50):
-        assert metrics.rir(XP, XH, rng.standard_normal((5, 5))).rir <= ceiling * (1 + 1e-9)
+        assert metrics.rir(XP, XH, rng.standard_normal((5, 5))).rir <= ceiling * (
+            1 + 1e-9
+        )
 
 
 def test_singular_kp_ceiling_is_unbounded_when_null_spaces_differ():
@@ -69,9 +79,14 @@ def test_singular_kp_ceiling_is_unbounded_when_null_spaces_differ():
     XP[:, 0] = 0.0  # e_0 is invisible to D_P but seen by D_H
     KP, KH = linalg.gram(XP), linalg.gram(XH)
     assert not optimal.nested_null_spaces(KP, KH)
-    assert math.isinf(optimal.generalized_spread(KP, KH)) and math.isinf(optimal.rir_ceiling(KP, KH))
+    assert math.isinf(optimal.generalized_spread(KP, KH)) and math.isinf(
+        optimal.rir_ceiling(KP, KH)
+    )
     # and indeed: shrinking the e_0 column of θ blows up κ(H_H) while κ(H_P) stays put
-    ratios = [optimal.kappa_ratio(np.diag([eps, 1, 1, 1, 1]), KP, KH) for eps in (1e-1, 1e-3, 1e-5)]
+    ratios = [
+        optimal.kappa_ratio(np.diag([eps, 1, 1, 1, 1]), KP, KH)
+        for eps in (1e-1, 1e-3, 1e-5)
+    ]
     assert ratios[0] < ratios[1] < ratios[2] and ratios[2] > 1e4 * ratios[0]
     assert math.isfinite(optimal.rir_ceiling(KP, KH, convention="shifted"))
 
@@ -88,7 +103,9 @@ def test_nested_null_spaces_give_a_finite_attained_ceiling():
     ceiling = optimal.rir_ceiling(KP, KH)
     assert metrics.rir(XP, XH, theta).rir == pytest.approx(ceiling, rel=1e-8)
     for _ in range(30):
-        assert metrics.rir(XP, XH, rng.standard_normal((5, 5))).rir <= ceiling * (1 + 1e-8)
+        assert metrics.rir(XP, XH, rng.standard_normal((5, 5))).rir <= ceiling * (
+            1 + 1e-8
+        )
 
 
 def test_bad_input_errors():
@@ -130,9 +147,11 @@ def test_i_is_at_most_ceiling_times_ii_for_every_extractor():
         XP, XH = _problem(rng, n)
         C = optimal.rir_ceiling(linalg.gram(XP), linalg.gram(XH))
         k = int(rng.integers(1, n + 1))
-        thetas = [rng.standard_normal((n, n)) @ np.diag(np.exp(rng.uniform(-2, 2, n))),
-                  rng.standard_normal((n, k)),
-                  rng.standard_normal((n, k)) @ rng.standard_normal((k, n))]  # rank k ≤ n
+        thetas = [
+            rng.standard_normal((n, n)) @ np.diag(np.exp(rng.uniform(-2, 2, n))),
+            rng.standard_normal((n, k)),
+            rng.standard_normal((n, k)) @ rng.standard_normal((k, n)),
+        ]  # rank k ≤ n
         for theta in thetas:
             i, ii = _i_ii(XP, XH, theta)
             worst = max(worst, i / (C * ii))
@@ -149,11 +168,20 @@ def test_frontier_family_reaches_the_ceiling_at_every_c():
         KP, KH = linalg.gram(XP), linalg.gram(XH)
         C, kP = optimal.rir_ceiling(KP, KH), linalg.condition_number(KP)
         mu, W = optimal.generalized_eigh(KP, KH)
-        assert torch.allclose(W.T @ KP @ W, torch.eye(n, dtype=torch.float64), atol=1e-8)
-        assert torch.allclose(W.T @ KH @ W, torch.diag(mu), rtol=1e-8, atol=1e-8 * float(mu.max()))
+        assert torch.allclose(
+            W.T @ KP @ W, torch.eye(n, dtype=torch.float64), atol=1e-8
+        )
+        assert torch.allclose(
+            W.T @ KH @ W, torch.diag(mu), rtol=1e-8, atol=1e-8 * float(mu.max())
+        )
         for c in (1.0, float(rng.uniform(1, kP)), kP, 10 * kP):
             r = metrics.rir(XP, XH, optimal.frontier_theta(KP, KH, c))
-            for got, want in ((r.ii, c / kP), (r.i, C * c / kP), (r.rir, C), (r.kappa_P, c)):
+            for got, want in (
+                (r.ii, c / kP),
+                (r.i, C * c / kP),
+                (r.rir, C),
+                (r.kappa_P, c),
+            ):
                 worst = max(worst, abs(got / want - 1))
     assert worst < 1e-8
 
@@ -165,12 +193,18 @@ def test_c_equal_one_is_a_whitening_and_the_ascending_order_maximises_i():
         XP, XH = _problem(rng, n)
         KP, KH = linalg.gram(XP), linalg.gram(XH)
         th1 = optimal.frontier_theta(KP, KH, 1.0)
-        assert torch.allclose(linalg.probe_hessian(th1, KP), torch.eye(n, dtype=torch.float64), atol=1e-8)
+        assert torch.allclose(
+            linalg.probe_hessian(th1, KP), torch.eye(n, dtype=torch.float64), atol=1e-8
+        )
         c = linalg.condition_number(KP)
         best = _i_ii(XP, XH, optimal.frontier_theta(KP, KH, c))[0]
         _, W = optimal.generalized_eigh(KP, KH)
-        s = optimal.frontier_theta(KP, KH, c).norm(dim=0) / W.norm(dim=0)  # the column scales s_c
-        for _ in range(10):  # the same scales in another order: (ii) = 1 still, (i) no larger
+        s = optimal.frontier_theta(KP, KH, c).norm(dim=0) / W.norm(
+            dim=0
+        )  # the column scales s_c
+        for _ in range(
+            10
+        ):  # the same scales in another order: (ii) = 1 still, (i) no larger
             i, ii = _i_ii(XP, XH, W * s[torch.from_numpy(rng.permutation(n))])
             assert ii == pytest.approx(1, rel=1e-8) and i <= best * (1 + 1e-8)
         i_rev, _ = _i_ii(XP, XH, W * s.flip(0))
@@ -184,7 +218,9 @@ def test_frontier_member_with_ii_one_reaches_the_ceiling_on_house_prices(project
     r = metrics.rir(wp.XP, wp.XH, optimal.frontier_theta(KP, KH, kP))
     assert r.i == pytest.approx(C, rel=1e-6) and r.ii == pytest.approx(1, rel=1e-6)
     w = metrics.rir(wp.XP, wp.XH, optimal.whitening_theta(KP))
-    assert w.rir == pytest.approx(C, rel=1e-6) and w.i == pytest.approx(C / kP, rel=1e-6)
+    assert w.rir == pytest.approx(C, rel=1e-6) and w.i == pytest.approx(
+        C / kP, rel=1e-6
+    )
 
 
 def test_frontier_bad_input_errors():

@@ -36,8 +36,10 @@ def digits():
 
 def _pair_arrays(digits, grams, a, b, seed=0):
     ia, ib = mp.pair_indices(digits, a, b, seed=seed)
-    return (mp.digit_features(digits.images[ia], grams.pixels).numpy(),
-            mp.digit_features(digits.images[ib], grams.pixels).numpy())
+    return (
+        mp.digit_features(digits.images[ia], grams.pixels).numpy(),
+        mp.digit_features(digits.images[ib], grams.pixels).numpy(),
+    )
 
 
 def test_pair_indices_and_grams_match_digit_pair(digits):
@@ -46,7 +48,9 @@ def test_pair_indices_and_grams_match_digit_pair(digits):
     for a, b in ((0, 9), (9, 0), (4, 5)):
         xa, xb = data.digit_pair(digits, a, b, seed=3)
         ia, ib = mp.pair_indices(digits, a, b, seed=3)
-        assert np.array_equal(xa, digits.images[ia]) and np.array_equal(xb, digits.images[ib])
+        assert np.array_equal(xa, digits.images[ia]) and np.array_equal(
+            xb, digits.images[ib]
+        )
         KP, KH, sP, sH, N = grams.pair(a, b, seed=3)
         XP, XH = _pair_arrays(digits, grams, a, b, seed=3)
         assert N == len(XP) == len(XH)
@@ -59,13 +63,26 @@ def test_pair_indices_and_grams_match_digit_pair(digits):
 def test_pairs_run_the_engine_of_immunize(digits, method):
     grams = mp.digit_grams(digits, "well_posed")
     a, b = 2, 7
-    XP, XH = _pair_arrays(digits, grams, a, b, seed=1)  # run_batch's seed draws the subsample and ω_0
+    XP, XH = _pair_arrays(
+        digits, grams, a, b, seed=1
+    )  # run_batch's seed draws the subsample and ω_0
     steps = 6
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ref = linear.immunize(XP, np.ones(len(XP)), XH, yH=-np.ones(len(XH)), method=method, steps=steps,
-                              seed=1, progress=False, record_every=steps)
-    theta, omega, _, _ = mp.run_batch(grams, [(a, b)], method, steps=steps, seed=1, sup="P")
+        ref = linear.immunize(
+            XP,
+            np.ones(len(XP)),
+            XH,
+            yH=-np.ones(len(XH)),
+            method=method,
+            steps=steps,
+            seed=1,
+            progress=False,
+            record_every=steps,
+        )
+    theta, omega, _, _ = mp.run_batch(
+        grams, [(a, b)], method, steps=steps, seed=1, sup="P"
+    )
     scale = float(ref.theta.abs().max())
     assert float((theta[0] - ref.theta).abs().max()) <= 1e-8 * scale
     assert torch.allclose(omega[0], ref.omega, rtol=1e-7, atol=1e-10)
@@ -78,7 +95,9 @@ def test_batched_equals_one_by_one(digits):
     batched, *_ = mp.run_batch(grams, chosen, "ours", steps=15)
     for j, p in enumerate(chosen):
         alone, *_ = mp.run_batch(grams, [p], "ours", steps=15)
-        assert float((batched[j] - alone[0]).abs().max()) <= 1e-8 * float(alone.abs().max())
+        assert float((batched[j] - alone[0]).abs().max()) <= 1e-8 * float(
+            alone.abs().max()
+        )
 
 
 def test_seeded_sweeps_are_identical_and_tidy(digits):
@@ -87,11 +106,27 @@ def test_seeded_sweeps_are_identical_and_tidy(digits):
     b = mp.sweep("ours", "well_posed", seed=2, **kw).drop(columns="seconds")
     pd_equal = a.equals(b)
     assert pd_equal
-    for col in ("setup", "method", "a", "b", "seed", "kappa_P0", "kappa_H0", "kappa_P", "kappa_H", "i", "ii", "rir", "success"):
+    for col in (
+        "setup",
+        "method",
+        "a",
+        "b",
+        "seed",
+        "kappa_P0",
+        "kappa_H0",
+        "kappa_P",
+        "kappa_H",
+        "i",
+        "ii",
+        "rir",
+        "success",
+    ):
         assert col in a.columns
     np.testing.assert_allclose(a.rir, a.i / a.ii)
     assert (a.success == ((a.rir > 1) & (a.ii <= 1))).all()
-    c = mp.sweep("ours", "authors", seed=2, **{**kw, "steps": 2, "pairs": [(0, 1), (1, 0)]})
+    c = mp.sweep(
+        "ours", "authors", seed=2, **{**kw, "steps": 2, "pairs": [(0, 1), (1, 0)]}
+    )
     assert set(c.convention) == {"shifted", "pinv"} and len(c) == 4
 
 
@@ -101,7 +136,11 @@ def test_batched_kappas_match_condition_number(digits):
     kap = mp._kappas(K)
     for j in range(3):
         for conv in ("pinv", "shifted"):
-            assert np.isclose(float(kap[conv][j]), linalg.condition_number(K[j], convention=conv), rtol=1e-6)
+            assert np.isclose(
+                float(kap[conv][j]),
+                linalg.condition_number(K[j], convention=conv),
+                rtol=1e-6,
+            )
 
 
 def test_bad_arguments_raise_naming_them(digits):

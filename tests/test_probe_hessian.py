@@ -43,7 +43,10 @@ def test_probe_hessian_is_twice_theta_K_theta():
         X = torch.from_numpy(rng.standard_normal((N, d)))
         y = torch.from_numpy(rng.standard_normal(N))
         theta = torch.from_numpy(rng.standard_normal((d, d)))
-        H = torch.autograd.functional.hessian(lambda w: ((X @ theta @ w - y) ** 2).sum(), torch.zeros(d, dtype=torch.float64))
+        H = torch.autograd.functional.hessian(
+            lambda w: ((X @ theta @ w - y) ** 2).sum(),
+            torch.zeros(d, dtype=torch.float64),
+        )
         ref = 2 * linalg.probe_hessian(theta, linalg.gram(X))
         assert torch.allclose(H, ref, rtol=1e-10, atol=1e-10 * float(ref.abs().max()))
 
@@ -55,14 +58,20 @@ def test_prop_3_2_exact_when_aligned_and_trace_only_otherwise():
         n = int(rng.integers(2, 9))
         K = random_spd(rng, n)
         _, Q = np.linalg.eigh(K)
-        th = Q[:, rng.permutation(n)] @ np.diag(10 ** rng.uniform(-1, 1, n)) @ random_orthogonal(rng, n).T
+        th = (
+            Q[:, rng.permutation(n)]
+            @ np.diag(10 ** rng.uniform(-1, 1, n))
+            @ random_orthogonal(rng, n).T
+        )
         true = spectrum(th.T @ K @ th)
         worst_aligned = max(worst_aligned, np.abs(eq10(th, K) - true).max() / true[0])
         th = rng.standard_normal((n, n))
         true, diag = spectrum(th.T @ K @ th), eq10(th, K)
         gaps.append(np.abs(diag - true).max() / true[0])
         worst_trace = max(worst_trace, abs(diag.sum() - true.sum()) / true.sum())
-        worst_major = min(worst_major, np.min(np.cumsum(true) - np.cumsum(diag)) / true.sum())
+        worst_major = min(
+            worst_major, np.min(np.cumsum(true) - np.cumsum(diag)) / true.sum()
+        )
     assert worst_aligned < 1e-10
     assert worst_trace < 1e-10 and worst_major > -1e-12
     assert np.median(gaps) > 1e-3  # the formula is not the spectrum for a general θ
@@ -88,9 +97,13 @@ def test_relative_angle_bound_and_attainment():
             KH = random_spd(rng, n)
         kp, R = kappa_pencil(KP, KH)
         th = rng.standard_normal((n, n))
-        ratio = linalg.condition_number(th.T @ KH @ th) / linalg.condition_number(th.T @ KP @ th)
+        ratio = linalg.condition_number(th.T @ KH @ th) / linalg.condition_number(
+            th.T @ KP @ th
+        )
         assert 1 / kp * (1 - 1e-9) <= ratio <= kp * (1 + 1e-9)
-        attained = linalg.condition_number(R @ KH @ R) / linalg.condition_number(R @ KP @ R)
+        attained = linalg.condition_number(R @ KH @ R) / linalg.condition_number(
+            R @ KP @ R
+        )
         assert abs(attained / kp - 1) < 1e-8
         if case % 2:
             assert abs(kp / ((gH / w).max() / (gH / w).min()) - 1) < 1e-8
@@ -103,5 +116,7 @@ def test_proportional_covariances_make_immunization_impossible():
         KP = random_spd(rng, n)
         KH = rng.uniform(0.1, 10) * KP
         th = rng.standard_normal((n, n))
-        ratio = linalg.condition_number(th.T @ KH @ th) / linalg.condition_number(th.T @ KP @ th)
+        ratio = linalg.condition_number(th.T @ KH @ th) / linalg.condition_number(
+            th.T @ KP @ th
+        )
         assert abs(ratio - 1) < 1e-8

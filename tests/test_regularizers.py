@@ -63,7 +63,9 @@ def test_values_match_the_definitions():
         g = (s**2).sum() / (2 * k) - s[-1] ** 2 / 2
         assert float(R.r_ill(S)) == pytest.approx(1 / g, rel=1e-10)
         p = S.shape[0]
-        assert float(R.r_well(S)) == pytest.approx(s[0] ** 2 / 2 - (s**2).sum() / (2 * p), rel=1e-9, abs=1e-12)
+        assert float(R.r_well(S)) == pytest.approx(
+            s[0] ** 2 / 2 - (s**2).sum() / (2 * p), rel=1e-9, abs=1e-12
+        )
 
 
 # ------------------------------------------------------------------------------ Theorem 4.1 and B.2
@@ -90,9 +92,15 @@ def test_theorem_4_1_parts_1_2_and_two_sided_bounds():
 
 def test_r_ill_limits_as_kappa_grows():
     """R_ill → 0 when σ₁ → ∞ at fixed σ_min, but not when σ_min → 0 at fixed σ₁ (chapter caveat)."""
-    big = [float(R.r_ill(torch.diag(torch.tensor([c, 2.0, 1.0], dtype=torch.float64)))) for c in (1e2, 1e4, 1e6)]
+    big = [
+        float(R.r_ill(torch.diag(torch.tensor([c, 2.0, 1.0], dtype=torch.float64))))
+        for c in (1e2, 1e4, 1e6)
+    ]
     assert big[-1] < 1e-11 and big[0] > big[1] > big[2]
-    small = [float(R.r_ill(torch.diag(torch.tensor([1.0, 0.5, e], dtype=torch.float64)))) for e in (1e-2, 1e-4, 1e-6)]
+    small = [
+        float(R.r_ill(torch.diag(torch.tensor([1.0, 0.5, e], dtype=torch.float64))))
+        for e in (1e-2, 1e-4, 1e-6)
+    ]
     limit = 2 * 3 / (1.0 + 0.25)
     assert small[-1] == pytest.approx(limit, rel=1e-6)
 
@@ -107,11 +115,19 @@ def test_closed_form_backward_matches_eigh_autograd_and_fd():
             X = S.clone().requires_grad_(True)
             (R.r_ill(X, k=k) if which == "ill" else R.r_well(X)).backward()
             Y = S.clone().requires_grad_(True)
-            (reference.r_ill_eigh(Y, k=k) if which == "ill" else reference.r_well_eigh(Y)).backward()
+            (
+                reference.r_ill_eigh(Y, k=k)
+                if which == "ill"
+                else reference.r_well_eigh(Y)
+            ).backward()
             scale = Y.grad.abs().max()
             worst_eigh = max(worst_eigh, float((X.grad - Y.grad).abs().max() / scale))
             if case < 40:
-                f = (lambda A: float(R._RIll.apply(A, k))) if which == "ill" else (lambda A: float(R._RWell.apply(A)))
+                f = (
+                    (lambda A: float(R._RIll.apply(A, k)))
+                    if which == "ill"
+                    else (lambda A: float(R._RWell.apply(A)))
+                )
                 fd = sym_fd_grad(f, S, h=1e-6 * float(S.abs().max()))
                 worst_fd = max(worst_fd, float((X.grad - fd).abs().max() / scale))
     assert worst_eigh < 1e-8, worst_eigh
@@ -123,8 +139,12 @@ def test_gradcheck_on_the_custom_functions():
     for _ in range(10):
         S, k = random_psd(rng, decades=1.0)
         X = S.clone().requires_grad_(True)
-        assert torch.autograd.gradcheck(lambda A: R._RIll.apply(A, k), (X,), eps=1e-6, atol=1e-6, rtol=1e-4)
-        assert torch.autograd.gradcheck(lambda A: R._RWell.apply(A), (X,), eps=1e-6, atol=1e-6, rtol=1e-4)
+        assert torch.autograd.gradcheck(
+            lambda A: R._RIll.apply(A, k), (X,), eps=1e-6, atol=1e-6, rtol=1e-4
+        )
+        assert torch.autograd.gradcheck(
+            lambda A: R._RWell.apply(A), (X,), eps=1e-6, atol=1e-6, rtol=1e-4
+        )
 
 
 def test_theorem_4_1_part_4_monotone_increase():
@@ -167,7 +187,9 @@ def test_r_well_properties():
         worst_mono = min(worst_mono, 1 - (s2.max() / s2.min()) / (s[0] / s[-1]))
     assert worst_nonneg > 0 and worst_log >= -1e-12 and worst_mono > 0
     with pytest.warns(R.NonUniqueSingularValueWarning):
-        assert float(R.r_well(torch.eye(4, dtype=torch.float64) * 3)) == pytest.approx(0, abs=1e-14)
+        assert float(R.r_well(torch.eye(4, dtype=torch.float64) * 3)) == pytest.approx(
+            0, abs=1e-14
+        )
 
 
 def test_r_well_step_below_one_can_increase_kappa():
@@ -184,7 +206,11 @@ def test_r_well_step_below_one_can_increase_kappa():
 
 def random_theta_K(rng, full_rank=True):
     d = int(rng.integers(2, 7))
-    N = int(rng.integers(d + 1, 3 * d + 2)) if full_rank else int(rng.integers(2, d + 1))
+    N = (
+        int(rng.integers(d + 1, 3 * d + 2))
+        if full_rank
+        else int(rng.integers(2, d + 1))
+    )
     X = torch.from_numpy(rng.standard_normal((N, d)))
     theta = torch.from_numpy(rng.standard_normal((d, d)))
     return theta, linalg.gram(X)
@@ -199,8 +225,14 @@ def test_theorem_4_2_theta_gradients():
         if k < 2:
             continue
         for fn, closed in (
-            (lambda t: R.r_ill(linalg.probe_hessian(t, K), k=k), R.grad_theta_r_ill(theta, K, k=k)),
-            (lambda t: R.r_well(linalg.probe_hessian(t, K)), R.grad_theta_r_well(theta, K)),
+            (
+                lambda t: R.r_ill(linalg.probe_hessian(t, K), k=k),
+                R.grad_theta_r_ill(theta, K, k=k),
+            ),
+            (
+                lambda t: R.r_well(linalg.probe_hessian(t, K)),
+                R.grad_theta_r_well(theta, K),
+            ),
         ):
             t = theta.clone().requires_grad_(True)
             fn(t).backward()
@@ -223,7 +255,10 @@ def test_theorem_4_2_theta_gradients():
 
 def transcribed_well_bound(s, p):
     """Theorem 4.3 (1) as transcribed in the paper notes (§2.5)."""
-    return min(1 / ((1 - 1 / p) * s[0]), (math.sqrt(s[0] * s[1]) - s[1]) / ((2 / p) * s[1] ** 2))
+    return min(
+        1 / ((1 - 1 / p) * s[0]),
+        (math.sqrt(s[0] * s[1]) - s[1]) / ((2 / p) * s[1] ** 2),
+    )
 
 
 def test_preconditioned_gradient_is_2_theta_G():
@@ -232,11 +267,22 @@ def test_preconditioned_gradient_is_2_theta_G():
     for _ in range(200):
         theta, K = random_theta_K(rng)
         H = linalg.probe_hessian(theta, K)
-        for grad, G in ((R.grad_theta_r_ill(theta, K), R.g_ill(H)), (R.grad_theta_r_well(theta, K), R.g_well(H))):
+        for grad, G in (
+            (R.grad_theta_r_ill(theta, K), R.g_ill(H)),
+            (R.grad_theta_r_well(theta, K), R.g_well(H)),
+        ):
             pre = torch.linalg.solve(K, grad)
-            worst = max(worst, float((pre - 2 * theta @ G).abs().max() / (2 * theta @ G).abs().max()))
+            worst = max(
+                worst,
+                float((pre - 2 * theta @ G).abs().max() / (2 * theta @ G).abs().max()),
+            )
         eta = 0.1
-        assert torch.allclose(R.preconditioned_step(theta, G, eta), theta - eta * pre, rtol=1e-6, atol=1e-9)
+        assert torch.allclose(
+            R.preconditioned_step(theta, G, eta),
+            theta - eta * pre,
+            rtol=1e-6,
+            atol=1e-9,
+        )
     assert worst < 1e-6, worst
 
 
@@ -269,10 +315,17 @@ def test_theorem_4_3_monotone_under_the_verified_bounds():
         s_ill, s_well = ill_map(s, k, eta_ill), well_map(s, H.shape[0], eta_well)
         worst_ill = min(worst_ill, (s_ill.max() / s_ill.min()) / (s[0] / s[-1]))
         worst_well = min(worst_well, 1 - (s_well.max() / s_well.min()) / (s[0] / s[-1]))
-        for G, eta, pred in ((R.g_ill(H), eta_ill, s_ill), (R.g_well(H), eta_well, s_well)):
+        for G, eta, pred in (
+            (R.g_ill(H), eta_ill, s_ill),
+            (R.g_well(H), eta_well, s_well),
+        ):
             if pred.max() / pred.min() < 1e8:
-                measured = kappa(linalg.probe_hessian(R.preconditioned_step(theta, G, eta), K))
-                worst_map = max(worst_map, abs(measured / (pred.max() / pred.min()) - 1))
+                measured = kappa(
+                    linalg.probe_hessian(R.preconditioned_step(theta, G, eta), K)
+                )
+                worst_map = max(
+                    worst_map, abs(measured / (pred.max() / pred.min()) - 1)
+                )
                 resolved += 1
     assert worst_ill > 1, worst_ill
     assert worst_well > 0, worst_well
@@ -311,9 +364,21 @@ def test_warns_on_non_unique_extreme_singular_values():
     "call, exc, match",
     [
         (lambda: R.r_ill(torch.ones(2, 3, dtype=torch.float64)), ValueError, "square"),
-        (lambda: R.r_ill(torch.tensor([[2.0, 1.0], [0.0, 1.0]])), ValueError, "symmetric"),
-        (lambda: R.r_well(torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]])), ValueError, "NaN"),
-        (lambda: R.r_well(torch.diag(torch.tensor([1.0, -1.0]))), ValueError, "positive semi-definite"),
+        (
+            lambda: R.r_ill(torch.tensor([[2.0, 1.0], [0.0, 1.0]])),
+            ValueError,
+            "symmetric",
+        ),
+        (
+            lambda: R.r_well(torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]])),
+            ValueError,
+            "NaN",
+        ),
+        (
+            lambda: R.r_well(torch.diag(torch.tensor([1.0, -1.0]))),
+            ValueError,
+            "positive semi-definite",
+        ),
         (lambda: R.r_well(torch.zeros(3, 3)), ValueError, "all zeros"),
         (lambda: R.r_well("S"), TypeError, "S must be"),
         (lambda: R.r_ill(torch.eye(3), k=1), ValueError, "k must"),
@@ -321,8 +386,16 @@ def test_warns_on_non_unique_extreme_singular_values():
         (lambda: R.r_ill(torch.eye(3), k=2.0), TypeError, "k must"),
         (lambda: R.r_ill(torch.eye(3), k=True), TypeError, "k must"),
         (lambda: R.r_ill(torch.eye(3)), ValueError, "infinite"),
-        (lambda: R.preconditioned_step(torch.eye(3), torch.eye(2), 0.1), ValueError, "G must"),
-        (lambda: R.preconditioned_step(torch.eye(2), torch.eye(2), -0.1), ValueError, "eta"),
+        (
+            lambda: R.preconditioned_step(torch.eye(3), torch.eye(2), 0.1),
+            ValueError,
+            "G must",
+        ),
+        (
+            lambda: R.preconditioned_step(torch.eye(2), torch.eye(2), -0.1),
+            ValueError,
+            "eta",
+        ),
         (lambda: R.grad_theta_r_ill(torch.eye(3), torch.eye(2)), ValueError, "theta"),
     ],
 )
@@ -335,7 +408,11 @@ def test_bad_inputs(call, exc, match):
 
 def test_safe_step_r_well_tolerates_a_slightly_negative_zero_eigenvalue():
     # an eigenvalue that is 0 in exact arithmetic but -1e-13 after rounding must not crash the bound
-    Q, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    Q, _ = torch.linalg.qr(
+        torch.randn(
+            4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+        )
+    )
     H = Q @ torch.diag(torch.tensor([5.0, 2.0, 1.0, -1e-13], dtype=torch.float64)) @ Q.T
     bound = R.safe_step_r_well((H + H.T) / 2, k=4)
     assert 0 < bound < math.inf

@@ -113,24 +113,35 @@ def mini_book(folder: Path, chapter_text: str) -> subprocess.CompletedProcess:
 
     folder = Path(folder)
     shutil.copy(ROOT / "_config.yml", folder / "_config.yml")
-    extensions = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"].get("local_extensions", {})
+    extensions = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"].get(
+        "local_extensions", {}
+    )
     for name, sub in extensions.items():
         (folder / sub).mkdir(exist_ok=True)
         shutil.copy(ROOT / sub / f"{name}.py", folder / sub)
     (folder / "book").mkdir()
-    shutil.copytree(ROOT / "book" / "_static", folder / "book" / "_static")  # html_static_path
+    shutil.copytree(
+        ROOT / "book" / "_static", folder / "book" / "_static"
+    )  # html_static_path
     shutil.copy(ROOT / "book" / "references.bib", folder / "book")  # bibtex_bibfiles
     (folder / "_toc.yml").write_text("format: jb-book\nroot: book/page\n")
     header = (ROOT / "book" / "01_introduction.md").read_text().split("---\n")[1]
-    (folder / "book" / "page.md").write_text(f"---\n{header}---\n\n# Page\n\n{chapter_text}\n")
+    (folder / "book" / "page.md").write_text(
+        f"---\n{header}---\n\n# Page\n\n{chapter_text}\n"
+    )
     return build_mini(folder)
 
 
 def build_mini(folder: Path) -> subprocess.CompletedProcess:
     """Rebuild the one-page book of :func:`mini_book` in ``folder``."""
     jb = str(Path(sys.executable).parent / "jupyter-book")
-    return subprocess.run([jb, "build", str(folder), *BUILD_FLAGS], capture_output=True, text=True,
-                          cwd=folder, env=book_env())
+    return subprocess.run(
+        [jb, "build", str(folder), *BUILD_FLAGS],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        env=book_env(),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

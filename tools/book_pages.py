@@ -56,5 +56,7 @@ def setup(app):
     os.environ.setdefault("TQDM_DISABLE", "1")
     # myst-nb adds the page's JS files at the default priority 500: run before it.
     app.connect("html-page-context", drop_widget_state, priority=400)
-    app.connect("autodoc-process-docstring", escape_docstring, priority=100)  # before napoleon
+    app.connect(
+        "autodoc-process-docstring", escape_docstring, priority=100
+    )  # before napoleon
     return {"parallel_read_safe": True, "parallel_write_safe": True}

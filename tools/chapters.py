@@ -26,7 +26,10 @@ def toc_chapters_with_parts() -> list[tuple[str | None, Path]]:
     for part in toc.get("parts", []):
         walk(part.get("caption"), part.get("chapters"))
     walk(None, toc.get("chapters"))
-    return [(caption, ROOT / (n if n.endswith(".md") else n + ".md")) for caption, n in entries]
+    return [
+        (caption, ROOT / (n if n.endswith(".md") else n + ".md"))
+        for caption, n in entries
+    ]
 
 
 def toc_chapters() -> list[Path]:
@@ -36,7 +39,11 @@ def toc_chapters() -> list[Path]:
 
 def exercise_chapters() -> list[Path]:
     """The notebook chapters that end with exercises: every one outside the Appendices part."""
-    return [p for caption, p in toc_chapters_with_parts() if caption != APPENDICES and is_notebook(p)]
+    return [
+        p
+        for caption, p in toc_chapters_with_parts()
+        if caption != APPENDICES and is_notebook(p)
+    ]
 
 
 def is_notebook(path: Path) -> bool:
@@ -80,7 +87,9 @@ def tool_main(argv: list[str], write, default_out: Path, prog: str) -> None:
     import sys
 
     if len(argv) > 1 or (argv and argv[0].startswith("-")):
-        sys.exit(f"usage: python {prog} [OUT]   (default: {default_out.relative_to(ROOT)})")
+        sys.exit(
+            f"usage: python {prog} [OUT]   (default: {default_out.relative_to(ROOT)})"
+        )
     try:
         paths = write(argv[0] if argv else default_out)
     except ValueError as err:

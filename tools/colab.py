@@ -27,12 +27,20 @@ import re
 import sys
 from pathlib import Path
 
-from tools.chapters import chapter_notebook, is_notebook, tool_main, toc_chapters, write_notebooks
+from tools.chapters import (
+    chapter_notebook,
+    is_notebook,
+    toc_chapters,
+    tool_main,
+    write_notebooks,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "colab"
 INSTALL_RE = re.compile(r'"immulib @ git\+(?P<url>[^"]+)"')
-GITHUB_RE = re.compile(r"^https://github\.com/(?P<org>[^/]+)/(?P<repo>[^/]+?)(?:\.git)?/?$")
+GITHUB_RE = re.compile(
+    r"^https://github\.com/(?P<org>[^/]+)/(?P<repo>[^/]+?)(?:\.git)?/?$"
+)
 FOLDER_README = """# Colab notebooks of the book (generated)
 
 Written by `python -m tools.colab` (`make colab`) from the chapters in `book/`; do not edit by
@@ -40,20 +48,33 @@ hand. Each `book/NN_name.ipynb` is a chapter of the book, opened by the chapter'
 the book's macros are expanded, its MyST markup is plain Markdown, and solutions are collapsed.
 """
 
-FENCE_RE = re.compile(r"^(?P<fence>`{3,}|:{3,})\{(?P<name>[^}\s]+)\}\s*(?P<arg>.*?)\s*$")
+FENCE_RE = re.compile(
+    r"^(?P<fence>`{3,}|:{3,})\{(?P<name>[^}\s]+)\}\s*(?P<arg>.*?)\s*$"
+)
 OPTION_RE = re.compile(r"^:(?P<key>\w[\w-]*):\s*(?P<value>.*)$")
 TARGET_RE = re.compile(r"^\((?P<label>[^()\s]+)\)=\s*$")
 HEADING_RE = re.compile(r"^(?P<hashes>#{1,6})\s+(?P<title>.+?)\s*$")
 ROLE_RE = re.compile(r"\{(?P<role>[a-z][\w:-]*)\}`(?P<body>[^`]+)`")
 EXPLICIT_RE = re.compile(r"^(?P<text>.*?)\s*<(?P<target>[^<>]+)>$")
-ADMONITIONS = {"note", "tip", "hint", "important", "warning", "caution", "attention", "danger",
-               "error", "seealso"}
+ADMONITIONS = {
+    "note",
+    "tip",
+    "hint",
+    "important",
+    "warning",
+    "caution",
+    "attention",
+    "danger",
+    "error",
+    "seealso",
+}
 DROPPED = {"bibliography", "nb-exec-table", "eval-rst", "toctree", "tableofcontents"}
 
 
 # --------------------------------------------------------------------------------------------
 # configuration: repository, macros, chapter numbers, labels, bibliography
 # --------------------------------------------------------------------------------------------
+
 
 def configured_url(root: Path = ROOT) -> str:
     """``repository.url`` of ``_config.yml``: where Colab installs immulib from."""
@@ -66,7 +87,9 @@ def book_url(repository_url: str) -> str:
     """The rendered book's address: GitHub Pages of the repository (``https://ORG.github.io/REPO/``)."""
     match = GITHUB_RE.match(repository_url or "")
     if not match:
-        raise ValueError(f"repository_url must be https://github.com/ORG/REPO, got {repository_url!r}")
+        raise ValueError(
+            f"repository_url must be https://github.com/ORG/REPO, got {repository_url!r}"
+        )
     return f"https://{match['org']}.github.io/{match['repo']}/"
 
 
@@ -76,7 +99,10 @@ def config_macros(root: Path = ROOT) -> dict[str, str]:
 
     config = yaml.safe_load((root / "_config.yml").read_text())
     macros = config["sphinx"]["config"]["mathjax3_config"]["tex"]["macros"]
-    return {name: value if isinstance(value, str) else value[0] for name, value in macros.items()}
+    return {
+        name: value if isinstance(value, str) else value[0]
+        for name, value in macros.items()
+    }
 
 
 def expand_macros(text: str, macros: dict[str, str]) -> str:
@@ -118,7 +144,9 @@ def chapter_numbers(root: Path = ROOT) -> dict[Path, int]:
             if part.get("numbered", default):
                 n += 1
                 name = entry["file"]
-                numbers[(root / (name if name.endswith(".md") else name + ".md")).resolve()] = n
+                numbers[
+                    (root / (name if name.endswith(".md") else name + ".md")).resolve()
+                ] = n
     return numbers
 
 
@@ -131,8 +159,12 @@ class Book:
         self.url = book_url(configured_url(root))
         self.macros = config_macros(root)
         self.numbers = chapter_numbers(root)
-        self.labels: dict[str, tuple[str, str]] = {}  # label -> (link text, page address)
-        self.numbered: dict[tuple[Path, str], list[str]] = {}  # (page, kind) -> labels in order
+        self.labels: dict[
+            str, tuple[str, str]
+        ] = {}  # label -> (link text, page address)
+        self.numbered: dict[
+            tuple[Path, str], list[str]
+        ] = {}  # (page, kind) -> labels in order
         self.citations = read_bibliography(root / "book" / "references.bib")
         for chapter in toc_chapters():
             if chapter.is_file():
@@ -158,7 +190,10 @@ class Book:
             heading = HEADING_RE.match(line)
             if heading and pending:
                 anchor = "" if len(heading["hashes"]) == 1 else pending
-                self.labels[pending] = (strip_markup(heading["title"]), self.page_url(chapter, anchor))
+                self.labels[pending] = (
+                    strip_markup(heading["title"]),
+                    self.page_url(chapter, anchor),
+                )
                 pending = None
                 continue
             fence = FENCE_RE.match(line)
@@ -176,12 +211,17 @@ class Book:
             numbered = "nonumber" not in options
             if numbered:
                 counters[kind] = counters.get(kind, 0) + 1
-            label = options.get("label") or options.get("name", "")  # figures and tables: :name:
+            label = options.get("label") or options.get(
+                "name", ""
+            )  # figures and tables: :name:
             if not label:
                 continue
             title = fence["arg"] if kind != "figure" else ""
-            text = (f"{kind.capitalize()} {self.number(chapter, kind, counters[kind])}" if numbered
-                    else strip_markup(title) or kind.capitalize())
+            text = (
+                f"{kind.capitalize()} {self.number(chapter, kind, counters[kind])}"
+                if numbered
+                else strip_markup(title) or kind.capitalize()
+            )
             self.labels[label] = (text, self.page_url(chapter, label))
 
     def kind_number(self, chapter: Path, kind: str, k: int) -> str:
@@ -210,13 +250,25 @@ def read_bibliography(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     entries = {}
-    for match in re.finditer(r"@\w+\{(?P<key>[^,\s]+),(?P<body>.*?)\n\}", path.read_text(), re.S):
+    for match in re.finditer(
+        r"@\w+\{(?P<key>[^,\s]+),(?P<body>.*?)\n\}", path.read_text(), re.S
+    ):
         body = match["body"]
         author = re.search(r"author\s*=\s*\{(?P<a>.*?)\},?\s*\n\s*\w+\s*=", body, re.S)
         year = re.search(r"year\s*=\s*\{?(?P<y>\d{4})", body)
-        names = [a.strip() for a in re.split(r"\s+and\s+", " ".join(author["a"].split()))] if author else []
+        names = (
+            [a.strip() for a in re.split(r"\s+and\s+", " ".join(author["a"].split()))]
+            if author
+            else []
+        )
         surname = names[0].split(",")[0].strip("{} ") if names else match["key"]
-        who = surname + (" et al." if len(names) > 2 else f" and {names[1].split(',')[0]}" if len(names) == 2 else "")
+        who = surname + (
+            " et al."
+            if len(names) > 2
+            else f" and {names[1].split(',')[0]}"
+            if len(names) == 2
+            else ""
+        )
         entries[match["key"]] = f"{who}, {year['y'] if year else 'n.d.'}"
     return entries
 
@@ -224,6 +276,7 @@ def read_bibliography(path: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 # MyST -> plain Markdown
 # --------------------------------------------------------------------------------------------
+
 
 class Page:
     """The conversion state of one chapter: its path and the numbers handed out so far."""
@@ -245,11 +298,15 @@ def convert_roles(text: str, page: Page) -> str:
     def role(match: re.Match) -> str:
         name, body = match["role"], match["body"]
         explicit = EXPLICIT_RE.match(body)
-        text, target = (explicit["text"], explicit["target"]) if explicit else ("", body)
+        text, target = (
+            (explicit["text"], explicit["target"]) if explicit else ("", body)
+        )
         if name in ("ref", "numref", "prf:ref", "doc", "any"):
             title, url = book.labels.get(target, (target, ""))
             if name == "doc":
-                url = book.page_url((page.chapter.parent / target).with_suffix(".md").resolve())
+                url = book.page_url(
+                    (page.chapter.parent / target).with_suffix(".md").resolve()
+                )
             return f"[{text or title}]({url})" if url else (text or title)
         if name == "eq":
             return f"({target})"
@@ -270,7 +327,9 @@ def quote(text: str) -> str:
     return "\n".join(f"> {line}".rstrip() for line in text.splitlines())
 
 
-def parse_directive(lines: list[str], start: int) -> tuple[re.Match, dict, list[str], int]:
+def parse_directive(
+    lines: list[str], start: int
+) -> tuple[re.Match, dict, list[str], int]:
     """The directive opened at ``lines[start]``: its fence match, options, body lines and the
     index after its closing fence."""
     fence = FENCE_RE.match(lines[start])
@@ -304,7 +363,11 @@ def parse_directive(lines: list[str], start: int) -> tuple[re.Match, dict, list[
 
 def render_directive(fence: re.Match, options: dict, body: str, page: Page) -> str:
     name, arg = fence["name"], fence["arg"]
-    body = myst_to_markdown(body, page) if name not in ("math", "code-block", "code") else body
+    body = (
+        myst_to_markdown(body, page)
+        if name not in ("math", "code-block", "code")
+        else body
+    )
     if name in DROPPED:
         return ""
     if name == "admonition":
@@ -320,10 +383,16 @@ def render_directive(fence: re.Match, options: dict, body: str, page: Page) -> s
     if name.startswith("prf:"):
         kind = name.split(":", 1)[1]
         head = kind.capitalize() if "nonumber" in options else page.next_number(kind)
-        return quote(f"**{head}{' (' + convert_roles(arg, page) + ')' if arg else ''}.**\n\n{body}")
+        return quote(
+            f"**{head}{' (' + convert_roles(arg, page) + ')' if arg else ''}.**\n\n{body}"
+        )
     if name in ("figure", "glue:figure"):
         number = page.next_number("figure")
-        image = f"![{options.get('alt', body.splitlines()[0] if body else number)}]({arg})\n\n" if name == "figure" else ""
+        image = (
+            f"![{options.get('alt', body.splitlines()[0] if body else number)}]({arg})\n\n"
+            if name == "figure"
+            else ""
+        )
         where = "" if name == "figure" else " (drawn by the code cell above)"
         return f"{image}*{number}{where}: {body}*"
     if name in ("table", "list-table"):
@@ -334,7 +403,9 @@ def render_directive(fence: re.Match, options: dict, body: str, page: Page) -> s
         return f"```{arg}\n{body}\n```"
     if name in ("dropdown", "toggle"):
         return f"<details><summary>{arg or 'Show'}</summary>\n\n{body}\n\n</details>"
-    return quote(f"**{name.split(':')[-1].capitalize()}{': ' + arg if arg else ''}**\n\n{body}")
+    return quote(
+        f"**{name.split(':')[-1].capitalize()}{': ' + arg if arg else ''}**\n\n{body}"
+    )
 
 
 def myst_to_markdown(text: str, page: Page) -> str:
@@ -346,9 +417,13 @@ def myst_to_markdown(text: str, page: Page) -> str:
         fence = FENCE_RE.match(line)
         if in_code is None and fence:
             if fence["name"] in ("solution-start", "solution-end"):
-                raise ValueError("solution fences are handled per notebook (colab_notebook)")
+                raise ValueError(
+                    "solution fences are handled per notebook (colab_notebook)"
+                )
             fence, options, body, i = parse_directive(lines, i)
-            out.append(render_directive(fence, options, "\n".join(body).strip("\n"), page))
+            out.append(
+                render_directive(fence, options, "\n".join(body).strip("\n"), page)
+            )
             continue
         plain_fence = re.match(r"^(`{3,}|~{3,})", line)
         if plain_fence and in_code is None:
@@ -369,6 +444,7 @@ def myst_to_markdown(text: str, page: Page) -> str:
 # the notebooks
 # --------------------------------------------------------------------------------------------
 
+
 def install_source(url: str) -> str:
     """The guarded install cell: immulib from the repository ``url``, only on Colab."""
     return (
@@ -380,10 +456,16 @@ def install_source(url: str) -> str:
 
 
 def is_install_cell(cell) -> bool:
-    return cell.cell_type == "code" and "google.colab" in cell.source and bool(INSTALL_RE.search(cell.source))
+    return (
+        cell.cell_type == "code"
+        and "google.colab" in cell.source
+        and bool(INSTALL_RE.search(cell.source))
+    )
 
 
-SOLUTION_RE = re.compile(r"^(?P<fence>`{3,}|:{3,})\{(?P<name>solution-start|solution-end)\}\s*(?P<arg>\S*)")
+SOLUTION_RE = re.compile(
+    r"^(?P<fence>`{3,}|:{3,})\{(?P<name>solution-start|solution-end)\}\s*(?P<arg>\S*)"
+)
 SOLUTION_TITLE = "#@title Solution of {name} (double-click or “Show code” to open it)"
 
 
@@ -400,7 +482,12 @@ def _split_solutions(source: str) -> list[tuple[str, str]]:
         parts.append(("text", "\n".join(current)))
         current = []
         _, _, _, i = parse_directive(lines, i)
-        parts.append((f"start:{match['arg']}" if match["name"] == "solution-start" else "end", ""))
+        parts.append(
+            (
+                f"start:{match['arg']}" if match["name"] == "solution-start" else "end",
+                "",
+            )
+        )
     parts.append(("text", "\n".join(current)))
     return [(k, t) for k, t in parts if k != "text" or t.strip()]
 
@@ -419,7 +506,11 @@ def colab_notebook(chapter: Path, url: str, book: Book | None = None):
     def close_prose():
         if hidden:
             text = "\n\n".join(hidden)
-            cells.append(md(f"<details><summary>Show the explanation</summary>\n\n{text}\n\n</details>"))
+            cells.append(
+                md(
+                    f"<details><summary>Show the explanation</summary>\n\n{text}\n\n</details>"
+                )
+            )
             hidden.clear()
 
     for cell in chapter_notebook(chapter).cells:
@@ -429,7 +520,11 @@ def colab_notebook(chapter: Path, url: str, book: Book | None = None):
             new = code(cell.source, metadata=dict(cell.metadata))
             if solution is not None:
                 close_prose()
-                new.source = SOLUTION_TITLE.format(name=page.exercise_name(solution)) + "\n" + new.source
+                new.source = (
+                    SOLUTION_TITLE.format(name=page.exercise_name(solution))
+                    + "\n"
+                    + new.source
+                )
                 new.metadata["cellView"] = "form"
                 new.metadata["jupyter"] = {"source_hidden": True}
             cells.append(new)
@@ -440,14 +535,22 @@ def colab_notebook(chapter: Path, url: str, book: Book | None = None):
         for kind, text in _split_solutions(cell.source):
             if kind.startswith("start:"):
                 if solution is not None:
-                    raise ValueError(f"{chapter.name}: a solution starts inside the solution of {solution!r}")
+                    raise ValueError(
+                        f"{chapter.name}: a solution starts inside the solution of {solution!r}"
+                    )
                 solution = kind.split(":", 1)[1]
                 name = page.exercise_name(solution)
-                cells.append(md(f"#### Solution of {name}\n\nTry the exercise first: the solution's "
-                                "cells below are collapsed."))
+                cells.append(
+                    md(
+                        f"#### Solution of {name}\n\nTry the exercise first: the solution's "
+                        "cells below are collapsed."
+                    )
+                )
             elif kind == "end":
                 if solution is None:
-                    raise ValueError(f"{chapter.name}: a {{solution-end}} without a {{solution-start}}")
+                    raise ValueError(
+                        f"{chapter.name}: a {{solution-end}} without a {{solution-start}}"
+                    )
                 close_prose()
                 solution = None
             elif solution is not None:
@@ -457,10 +560,16 @@ def colab_notebook(chapter: Path, url: str, book: Book | None = None):
                 if converted.strip():
                     cells.append(md(converted))
     if solution is not None:
-        raise ValueError(f"{chapter.name}: the solution of {solution!r} has no {{solution-end}}")
-    nb = nbformat.v4.new_notebook(cells=cells, metadata=chapter_notebook(chapter).metadata)
+        raise ValueError(
+            f"{chapter.name}: the solution of {solution!r} has no {{solution-end}}"
+        )
+    nb = nbformat.v4.new_notebook(
+        cells=cells, metadata=chapter_notebook(chapter).metadata
+    )
     nb.metadata.pop("colab", None)
-    for i, cell in enumerate(nb.cells):  # stable ids, so that regenerating changes nothing
+    for i, cell in enumerate(
+        nb.cells
+    ):  # stable ids, so that regenerating changes nothing
         cell.id = f"cell-{i:03d}"
     nbformat.validate(nb)
     return nb
@@ -481,7 +590,10 @@ def colab_chapters() -> list[Path]:
 def write_colab_notebooks(out_dir: str | Path = DEFAULT_OUT) -> list[Path]:
     """Write the Colab notebook of every page of :func:`colab_chapters` under ``out_dir``."""
     url, book = configured_url(ROOT), Book()
-    notebooks = ((c.relative_to(ROOT).with_suffix(".ipynb"), colab_notebook(c, url, book)) for c in colab_chapters())
+    notebooks = (
+        (c.relative_to(ROOT).with_suffix(".ipynb"), colab_notebook(c, url, book))
+        for c in colab_chapters()
+    )
     written = write_notebooks(out_dir, notebooks)
     (Path(out_dir) / "README.md").write_text(FOLDER_README)
     return written

@@ -15,7 +15,9 @@ from __future__ import annotations
 import re
 
 COLAB_DIR = "colab"
-GITHUB_RE = re.compile(r"^https://github\.com/(?P<org>[^/]+)/(?P<repo>[^/]+?)(?:\.git)?/?$")
+GITHUB_RE = re.compile(
+    r"^https://github\.com/(?P<org>[^/]+)/(?P<repo>[^/]+?)(?:\.git)?/?$"
+)
 
 
 def colab_notebook_url(
@@ -28,9 +30,13 @@ def colab_notebook_url(
     the folder ``colab/`` of ``branch``."""
     match = GITHUB_RE.match(repository_url or "")
     if not match:
-        raise ValueError(f"repository_url must be https://github.com/ORG/REPO, got {repository_url!r}")
+        raise ValueError(
+            f"repository_url must be https://github.com/ORG/REPO, got {repository_url!r}"
+        )
     if not pagename or pagename.endswith((".md", ".ipynb")):
-        raise ValueError(f"pagename must be a Sphinx page name without suffix, got {pagename!r}")
+        raise ValueError(
+            f"pagename must be a Sphinx page name without suffix, got {pagename!r}"
+        )
     if not branch:
         raise ValueError("branch must be a non-empty branch name")
     return (
@@ -58,11 +64,16 @@ def _rewrite_colab_button(app, pagename, templatename, context, doctree):
                 buttons.remove(button)
                 continue
             button["url"] = colab_notebook_url(
-                options["repository_url"], pagename, colab_url, options.get("repository_branch") or "main"
+                options["repository_url"],
+                pagename,
+                colab_url,
+                options.get("repository_branch") or "main",
             )
     # a launch group left without buttons would render as an empty menu
     context["header_buttons"] = [
-        g for g in context.get("header_buttons", []) if g.get("label") != "launch-buttons" or g.get("buttons")
+        g
+        for g in context.get("header_buttons", [])
+        if g.get("label") != "launch-buttons" or g.get("buttons")
     ]
 
 

@@ -24,11 +24,11 @@ import argparse
 import ast
 import io
 import re
-import textwrap
-import tokenize
 import shutil
 import subprocess
 import sys
+import textwrap
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +58,9 @@ def code_cells(lines: list[str]) -> list[Cell]:
             while i < len(lines) and lines[i].strip() != "---":
                 i += 1
             i += 1
-        while i < len(lines) and lines[i].startswith(":"):  # short options (:tags: [...])
+        while i < len(lines) and lines[i].startswith(
+            ":"
+        ):  # short options (:tags: [...])
             i += 1
         if i < len(lines) and not lines[i].strip():
             i += 1
@@ -81,7 +83,9 @@ def ruff_format(code: str) -> str | None:
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     proc = subprocess.run(
         [ruff, "format", f"--line-length={LIMIT}", "--stdin-filename=cell.py", "-"],
-        input=code, capture_output=True, text=True,
+        input=code,
+        capture_output=True,
+        text=True,
     )
     return proc.stdout if proc.returncode == 0 else None
 
@@ -90,7 +94,11 @@ def _split_string(token: str, room: int) -> tuple[str, str] | None:
     """Split the one-line string literal ``token`` at a space, the first part at most ``room``
     characters; inside an f-string only outside replacement fields. None when impossible."""
     match = re.match(r"(?i)([rbuf]*)(['\"])", token)
-    if not match or token.endswith(match[2] * 3) and token.startswith(match[1] + match[2] * 3):
+    if (
+        not match
+        or token.endswith(match[2] * 3)
+        and token.startswith(match[1] + match[2] * 3)
+    ):
         return None
     prefix, quote = match[1], match[2]
     body = token[len(prefix) + 1 : -1]
@@ -105,12 +113,16 @@ def _split_string(token: str, room: int) -> tuple[str, str] | None:
         elif body[i] == "\\":
             i += 2
             continue
-        elif body[i] == " " and depth == 0 and len(prefix) + 1 + i + 2 <= room and i > 0:
+        elif (
+            body[i] == " " and depth == 0 and len(prefix) + 1 + i + 2 <= room and i > 0
+        ):
             best = i
         i += 1
     if best is None:
         return None
-    return prefix + quote + body[: best + 1] + quote, prefix + quote + body[best + 1 :] + quote
+    return prefix + quote + body[: best + 1] + quote, prefix + quote + body[
+        best + 1 :
+    ] + quote
 
 
 def _split_once(code: str, comments_only: bool = False) -> str | None:
@@ -135,14 +147,20 @@ def _split_once(code: str, comments_only: bool = False) -> str | None:
             return "\n".join(lines[: row - 1] + new + lines[row:])
         if comments_only:
             continue
-        if tok.type == tokenize.STRING and line.strip() == tok.string and tok.string[-3:] in ('"""', "'''"):
+        if (
+            tok.type == tokenize.STRING
+            and line.strip() == tok.string
+            and tok.string[-3:] in ('"""', "'''")
+        ):
             quote = tok.string[-3:]  # a one-line docstring: wrap its text
             head = tok.string[: tok.string.index(quote) + 3]
             text = tok.string[len(head) : -3]
             wrapped = textwrap.wrap(text, LIMIT - col - 3, break_on_hyphens=False)
             if len(wrapped) < 2:
                 return None
-            new = [line[:col] + head + wrapped[0]] + [" " * col + w for w in wrapped[1:]]
+            new = [line[:col] + head + wrapped[0]] + [
+                " " * col + w for w in wrapped[1:]
+            ]
             new[-1] += quote
             return "\n".join(lines[: row - 1] + new + lines[row:])
         if tok.type == tokenize.STRING and ecol > LIMIT:
@@ -195,15 +213,21 @@ def process(path: Path, check: bool) -> list[str]:
         if too_wide(code) and not check:
             magic = any(line.lstrip().startswith(("%", "!")) for line in code)
             source = "\n".join(code) + "\n"
-            formatted = None if magic else ruff_format(wrap_long_lines(source, comments_only=True))
+            formatted = (
+                None
+                if magic
+                else ruff_format(wrap_long_lines(source, comments_only=True))
+            )
             if formatted is not None:
                 code = wrap_long_lines(formatted).rstrip("\n").split("\n")
-        new_lines += lines[last:cell.start] + code
+        new_lines += lines[last : cell.start] + code
         last = cell.end
         offset = len(new_lines) - len(code)
         for k in too_wide(code):
-            problems.append(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:"
-                            f"{offset + k + 1}: {len(code[k])} columns")
+            problems.append(
+                f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:"
+                f"{offset + k + 1}: {len(code[k])} columns"
+            )
     new_lines += lines[last:]
     if not check and new_lines != lines:
         path.write_text("\n".join(new_lines))
@@ -212,9 +236,15 @@ def process(path: Path, check: bool) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.format_chapters", description=__doc__.split("\n")[0])
-    parser.add_argument("--check", action="store_true", help="only report; exit 1 if a line is too wide")
-    parser.add_argument("files", nargs="*", type=Path, help="MyST chapters (default: book/*.md)")
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.format_chapters", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="only report; exit 1 if a line is too wide"
+    )
+    parser.add_argument(
+        "files", nargs="*", type=Path, help="MyST chapters (default: book/*.md)"
+    )
     args = parser.parse_args(argv)
     files = args.files or sorted((ROOT / "book").glob("*.md"))
     problems = []

@@ -56,7 +56,9 @@ for _name in ("torchvision._meta_registrations", "torchvision._autograd_registra
 
 def nvidia_gpu_present() -> bool:
     """True when an NVIDIA driver is visible (nvidia-smi on PATH or /proc/driver/nvidia)."""
-    return shutil.which("nvidia-smi") is not None or Path("/proc/driver/nvidia").exists()
+    return (
+        shutil.which("nvidia-smi") is not None or Path("/proc/driver/nvidia").exists()
+    )
 
 
 def installed_version(dist: str) -> str | None:
@@ -67,8 +69,22 @@ def installed_version(dist: str) -> str | None:
 
 
 def pip_command(constraints: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "pip", "install", "--upgrade-strategy", "only-if-needed"]
-    cmd += ["-r", str(ROOT / "requirements.txt"), "-c", str(constraints), "-e", f"{ROOT}[dev]"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--upgrade-strategy",
+        "only-if-needed",
+    ]
+    cmd += [
+        "-r",
+        str(ROOT / "requirements.txt"),
+        "-c",
+        str(constraints),
+        "-e",
+        f"{ROOT}[dev]",
+    ]
     if os.environ.get("TORCH_INDEX_URL"):
         cmd += ["--extra-index-url", os.environ["TORCH_INDEX_URL"]]
     return cmd
@@ -77,9 +93,16 @@ def pip_command(constraints: Path) -> list[str]:
 def timm_import_error() -> str | None:
     """Import timm in a fresh interpreter; return the error text, or None if it works."""
     proc = subprocess.run(
-        [sys.executable, "-c", "import timm"], capture_output=True, text=True, check=False
+        [sys.executable, "-c", "import timm"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["?"])[-1]
+    return (
+        None
+        if proc.returncode == 0
+        else (proc.stderr.strip().splitlines() or ["?"])[-1]
+    )
 
 
 def ensure_timm_importable(site: Path | None = None) -> None:
@@ -93,14 +116,20 @@ def ensure_timm_importable(site: Path | None = None) -> None:
         print("install: timm imports cleanly; no torchvision shim needed")
         return
     if "torchvision::nms does not exist" not in error:
-        sys.exit(f"install: `import timm` fails for a reason this script does not handle:\n{error}")
+        sys.exit(
+            f"install: `import timm` fails for a reason this script does not handle:\n{error}"
+        )
     site = site or Path(sysconfig.get_paths()["purelib"])
     (site / f"{SHIM_MODULE}.py").write_text(SHIM_SOURCE)
     (site / f"{SHIM_MODULE}.pth").write_text(f"import {SHIM_MODULE}\n")
     error = timm_import_error()
     if error is not None:
-        sys.exit(f"install: the torchvision shim did not make timm importable:\n{error}")
-    print(f"install: torchvision's compiled ops do not match torch; wrote {SHIM_MODULE} (see it)")
+        sys.exit(
+            f"install: the torchvision shim did not make timm importable:\n{error}"
+        )
+    print(
+        f"install: torchvision's compiled ops do not match torch; wrote {SHIM_MODULE} (see it)"
+    )
 
 
 def choose_constraints(tmp: Path) -> tuple[Path, str]:
@@ -114,7 +143,10 @@ def choose_constraints(tmp: Path) -> tuple[Path, str]:
         none = tmp / "no-constraints.txt"
         none.write_text("")
         return none, "NVIDIA GPU found: pip chooses the torch build"
-    return CPU_CONSTRAINTS, f"no GPU: CPU torch pinned by {CPU_CONSTRAINTS.relative_to(ROOT)}"
+    return (
+        CPU_CONSTRAINTS,
+        f"no GPU: CPU torch pinned by {CPU_CONSTRAINTS.relative_to(ROOT)}",
+    )
 
 
 def main() -> None:

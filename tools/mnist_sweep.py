@@ -25,9 +25,19 @@ OUT = Path(__file__).resolve().parents[1] / "immulib" / "results" / "mnist_sweep
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setup", choices=pairs.SETUPS, default="well_posed")
-    parser.add_argument("--entries", nargs="+", choices=list(protocol.GRIDS), default=list(protocol.GRIDS))
+    parser.add_argument(
+        "--entries",
+        nargs="+",
+        choices=list(protocol.GRIDS),
+        default=list(protocol.GRIDS),
+    )
     parser.add_argument("--pairs", choices=("all", "subset"), default="all")
-    parser.add_argument("--steps", type=int, default=100, help="full-batch steps per method (default 100)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=100,
+        help="full-batch steps per method (default 100)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -37,16 +47,34 @@ def main(argv=None):
     for entry in args.entries:
         t0 = time.perf_counter()
         knobs = {"policy": "paper"} if entry == "ours_paper" else {}
-        df = pairs.sweep(protocol.method_of(entry), args.setup, pairs=args.pairs, steps=args.steps,
-                         seed=args.seed, grams=grams, device=args.device, num_threads=1, **knobs)
+        df = pairs.sweep(
+            protocol.method_of(entry),
+            args.setup,
+            pairs=args.pairs,
+            steps=args.steps,
+            seed=args.seed,
+            grams=grams,
+            device=args.device,
+            num_threads=1,
+            **knobs,
+        )
         df["entry"] = entry
         old = pd.read_csv(args.out) if args.out.is_file() else pd.DataFrame()
         if len(old):
-            old = old[~((old.setup == args.setup) & (old.entry == entry) & (old.seed == args.seed))]
+            old = old[
+                ~(
+                    (old.setup == args.setup)
+                    & (old.entry == entry)
+                    & (old.seed == args.seed)
+                )
+            ]
         pd.concat([old, df]).to_csv(args.out, index=False, float_format="%.6g")
         ok = df[df.convention == "pinv"]
-        print(f"{args.setup} {entry}: {ok.success.sum()}/{len(ok)} successes, mean RIR {ok.rir.mean():.3g}, "
-              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"{args.setup} {entry}: {ok.success.sum()}/{len(ok)} successes, mean RIR {ok.rir.mean():.3g}, "
+            f"{time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,12 @@ def main(argv: list[str]) -> None:
     if argv:
         url = argv[0].rstrip("/")
         if not url.startswith("https://github.com/"):
-            sys.exit("error: the URL must be a https://github.com/ORG/REPO address (Colab needs GitHub)")
-        text, n = CONFIG_RE.subn(lambda m: m.group(1) + url, config.read_text(), count=1)
+            sys.exit(
+                "error: the URL must be a https://github.com/ORG/REPO address (Colab needs GitHub)"
+            )
+        text, n = CONFIG_RE.subn(
+            lambda m: m.group(1) + url, config.read_text(), count=1
+        )
         if n != 1:
             sys.exit("error: no `  url:` line under `repository:` in _config.yml")
         config.write_text(text)
@@ -40,7 +44,9 @@ def main(argv: list[str]) -> None:
             chapter.write_text(new)
             print(f"updated {chapter.relative_to(ROOT)}")
     write_colab_notebooks(DEFAULT_OUT)
-    print(f"repository: {url}; Colab notebooks regenerated in {DEFAULT_OUT.relative_to(ROOT)}/")
+    print(
+        f"repository: {url}; Colab notebooks regenerated in {DEFAULT_OUT.relative_to(ROOT)}/"
+    )
 
 
 if __name__ == "__main__":

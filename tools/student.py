@@ -20,17 +20,49 @@ import re
 import sys
 from pathlib import Path
 
-from tools.chapters import chapter_notebook, exercise_chapters, tool_main, write_notebooks
+from tools.chapters import (
+    chapter_notebook,
+    exercise_chapters,
+    tool_main,
+    write_notebooks,
+)
 from tools.colab import (
-    FENCE_RE, OPTION_RE, Book, Page, _split_solutions, convert_roles, expand_macros, myst_to_markdown,
+    FENCE_RE,
+    OPTION_RE,
+    Book,
+    Page,
+    _split_solutions,
+    convert_roles,
+    expand_macros,
+    myst_to_markdown,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "_build" / "student"
 STUB_MARK = "# STUDENT STUB"
 #: Abbreviations after which a full stop does not end a sentence.
-ABBREVIATIONS = ("Eq", "Eqs", "Fig", "Figs", "Sec", "Thm", "Prop", "Def", "Tab", "Alg", "App",
-                 "Ch", "cf", "e.g", "i.e", "vs", "al", "approx", "resp", "No")
+ABBREVIATIONS = (
+    "Eq",
+    "Eqs",
+    "Fig",
+    "Figs",
+    "Sec",
+    "Thm",
+    "Prop",
+    "Def",
+    "Tab",
+    "Alg",
+    "App",
+    "Ch",
+    "cf",
+    "e.g",
+    "i.e",
+    "vs",
+    "al",
+    "approx",
+    "resp",
+    "No",
+)
 
 
 def first_sentence(text: str) -> str:
@@ -38,7 +70,9 @@ def first_sentence(text: str) -> str:
     flat = " ".join(text.split())
     for match in re.finditer(r"[.?!](?=\s)", flat):
         word = re.search(r"([\w.]*)$", flat[: match.start()])[1]
-        if match[0] == "." and (word in ABBREVIATIONS or word.split(".")[-1] in ABBREVIATIONS):
+        if match[0] == "." and (
+            word in ABBREVIATIONS or word.split(".")[-1] in ABBREVIATIONS
+        ):
             continue
         return flat[: match.end()]
     return flat
@@ -109,7 +143,11 @@ def student_notebook(nb, name: str = "chapter", page: Page | None = None):
             if solution is None:
                 cells.append(copy.deepcopy(cell))
             elif cell.cell_type == "code" and not stubbed:
-                cells.append(nbformat.v4.new_code_cell(stub_source(exercise_name(solution), hint(solution))))
+                cells.append(
+                    nbformat.v4.new_code_cell(
+                        stub_source(exercise_name(solution), hint(solution))
+                    )
+                )
                 stubbed = True
             continue
         kept = []
@@ -121,35 +159,54 @@ def student_notebook(nb, name: str = "chapter", page: Page | None = None):
             if kind.startswith("start:"):
                 label = kind.split(":", 1)[1]
                 if solution is not None:
-                    raise ValueError(f"{name}: solution {label!r} starts inside solution {solution!r}")
+                    raise ValueError(
+                        f"{name}: solution {label!r} starts inside solution {solution!r}"
+                    )
                 if not label:
-                    raise ValueError(f"{name}: a {{solution-start}} names no exercise label")
+                    raise ValueError(
+                        f"{name}: a {{solution-start}} names no exercise label"
+                    )
                 solution, stubbed = label, False
             elif kind == "end":
                 if solution is None:
-                    raise ValueError(f"{name}: a {{solution-end}} without a {{solution-start}} before it")
+                    raise ValueError(
+                        f"{name}: a {{solution-end}} without a {{solution-start}} before it"
+                    )
                 solution = None
             elif solution is None:
                 kept.append(myst_to_markdown(text, page))
         text = "\n\n".join(k for k in kept if k.strip()).strip()
         if text:
-            cells.append(nbformat.v4.new_markdown_cell(text, metadata=copy.deepcopy(cell.metadata)))
+            cells.append(
+                nbformat.v4.new_markdown_cell(
+                    text, metadata=copy.deepcopy(cell.metadata)
+                )
+            )
     if solution is not None:
-        raise ValueError(f"{name}: the solution of {solution!r} has no {{solution-end}}")
+        raise ValueError(
+            f"{name}: the solution of {solution!r} has no {{solution-end}}"
+        )
     out = nbformat.v4.new_notebook(cells=cells, metadata=copy.deepcopy(nb.metadata))
     out.metadata.pop("colab", None)
     nbformat.validate(out)
     return out
 
 
-def write_student_notebooks(out_dir: str | Path = DEFAULT_OUT, chapters: list[Path] | None = None) -> list[Path]:
+def write_student_notebooks(
+    out_dir: str | Path = DEFAULT_OUT, chapters: list[Path] | None = None
+) -> list[Path]:
     """Write ``OUT/NN_name.ipynb`` for every chapter (default: all chapters with exercises)."""
     chapters = exercise_chapters() if chapters is None else chapters
     book = Book()
     return write_notebooks(
         out_dir,
-        ((c.with_suffix(".ipynb").name, student_notebook(chapter_notebook(c), c.name, Page(book, c)))
-         for c in chapters),
+        (
+            (
+                c.with_suffix(".ipynb").name,
+                student_notebook(chapter_notebook(c), c.name, Page(book, c)),
+            )
+            for c in chapters
+        ),
     )
 
 
