@@ -36,6 +36,8 @@ def as_float64(x, name: str, *, ndim: int | None = None) -> torch.Tensor:
     Accepts torch tensors, numpy arrays and nested sequences of numbers. Gradients are kept
     (tensors are converted with ``.to``, not copied through numpy), so differentiable code can
     call this too. The device of a tensor is kept.
+
+    Chapter: {ref}`ch-condition-numbers`.
     """
     if isinstance(x, torch.Tensor):
         t = x

@@ -130,6 +130,8 @@ def attack(
     -------
     torch.Tensor
         float64, shape ``(steps + 1, d)``; row t is w_t.
+
+    Chapter: {ref}`ch-attackers`.
     """
     if attacker not in ATTACKERS:
         raise ValueError(f"attacker must be one of {ATTACKERS}, got {attacker!r}")
@@ -191,14 +193,20 @@ def _check_W(W, d: int) -> torch.Tensor:
 
 
 def probe_loss(F, y, W) -> torch.Tensor:
-    """The mean squared error (1/N)‖Fw_t − y‖² of every iterate (row) of ``W``, float64."""
+    """The mean squared error (1/N)‖Fw_t − y‖² of every iterate (row) of ``W``, float64.
+
+    Chapter: {ref}`ch-attackers`.
+    """
     F, y = _features_targets(F, y)
     W = _check_W(W, F.shape[1])
     return ((W @ F.T - y) ** 2).mean(1)
 
 
 def probe_accuracy(F, y, W) -> torch.Tensor:
-    """The accuracy of sign(Fw_t) against labels ``y`` in {−1, +1}, for every row of ``W``."""
+    """The accuracy of sign(Fw_t) against labels ``y`` in {−1, +1}, for every row of ``W``.
+
+    Chapter: {ref}`ch-attackers`.
+    """
     F, y = _features_targets(F, y)
     if not bool(((y == 1) | (y == -1)).all()):
         raise ValueError("y must hold labels -1 and +1 for probe_accuracy")
@@ -207,7 +215,10 @@ def probe_accuracy(F, y, W) -> torch.Tensor:
 
 
 def steps_to_target(curve, target: float, *, higher_is_better: bool) -> int | None:
-    """The first t with curve[t] >= target (``higher_is_better``) or <= target; ``None`` if never."""
+    """The first t with curve[t] >= target (``higher_is_better``) or <= target; ``None`` if never.
+
+    Chapter: {ref}`ch-attackers`.
+    """
     c = as_float64(curve, "curve", ndim=1)
     if (
         isinstance(target, bool)
@@ -240,6 +251,8 @@ def tune(
     ``score(W)`` maps a trajectory to a number, lower is better (e.g. the steps to a target, with
     a large value when the target is not reached); ties go to the earlier entry of ``grid``.
     Diverging runs (non-finite iterates) are skipped.
+
+    Chapter: {ref}`ch-attackers`.
     """
     if attacker not in NEEDS_ETA:
         raise ValueError(

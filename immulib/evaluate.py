@@ -150,6 +150,8 @@ def attack_steps(
 
     Returns ``{"exact": t, "fixed": t}``, each the first t with relative suboptimality ≤
     ``target``, or ``max_steps + 1`` if it is not reached within ``max_steps`` steps.
+
+    Chapter: {ref}`ch-optimal`.
     """
     F = as_float64(F, "F", ndim=2).detach()
     y = as_float64(y, "y", ndim=1).detach().to(F.device)
@@ -281,6 +283,8 @@ def score(
         ``def31`` (Definition 3.1 holds: i > 1, ii ≤ 1 + tol, loss_P_kept ≤ 1 + tol) and
         ``slower_than_identity`` (the exact-line-search D_H attacker needs more steps on the
         held-out rows than on the identity's features, X_H_test itself).
+
+    Chapter: {ref}`ch-optimal`.
     """
     XP, yP = _task(XP, yP, "XP", "yP", None)
     D, dev = XP.shape[1], XP.device
@@ -358,6 +362,8 @@ def score_table(thetas: Mapping[str, object], XP, yP, XH, yH, **kwargs) -> pd.Da
     Adds an ``"identity"`` row first (unless ``thetas`` has one) and, for every step column
     ``c``, the ratio column ``c + "_vs_identity"`` (steps over the identity's steps; > 1: the
     attacker is slower than on the raw inputs). ``kwargs`` are :func:`score`'s keywords.
+
+    Chapter: {ref}`ch-optimal`.
     """
     if not isinstance(thetas, Mapping) or not thetas:
         raise TypeError(

@@ -75,7 +75,10 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """The size in bytes and SHA-256 of a file (of its decompressed bytes when ``gzip``)."""
+    """The size in bytes and SHA-256 of a file (of its decompressed bytes when ``gzip``).
+
+    Chapter: {ref}`ch-condition-numbers`.
+    """
 
     size: int
     sha256: str
@@ -136,7 +139,10 @@ class DamagedFileError(ValueError):
 
 
 def say(message: str) -> None:
-    """Print a line about data access (what is fetched, from where, what was saved) on stderr."""
+    """Print a line about data access (what is fetched, from where, what was saved) on stderr.
+
+    Chapter: {ref}`ch-condition-numbers`.
+    """
     print(f"immulib: {message}", file=sys.stderr, flush=True)
 
 
@@ -145,7 +151,10 @@ def say(message: str) -> None:
 
 
 def cache_dir() -> Path:
-    """The per-user cache folder: ``$IMMULIB_CACHE``, ``$XDG_CACHE_HOME/immulib`` or ``~/.cache/immulib``."""
+    """The per-user cache folder: ``$IMMULIB_CACHE``, ``$XDG_CACHE_HOME/immulib`` or ``~/.cache/immulib``.
+
+    Chapter: {ref}`ch-condition-numbers`.
+    """
     if os.environ.get(CACHE_ENV_VAR):
         return Path(os.environ[CACHE_ENV_VAR]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -153,7 +162,10 @@ def cache_dir() -> Path:
 
 
 def resolve_timeout(timeout: float | None) -> float:
-    """``timeout`` if given, else ``$IMMULIB_TIMEOUT``, else :data:`DEFAULT_TIMEOUT` (seconds > 0)."""
+    """``timeout`` if given, else ``$IMMULIB_TIMEOUT``, else :data:`DEFAULT_TIMEOUT` (seconds > 0).
+
+    Chapter: {ref}`ch-condition-numbers`.
+    """
     if timeout is not None:
         return positive(timeout, "timeout")
     text = os.environ.get(TIMEOUT_ENV_VAR, "").strip()
@@ -238,6 +250,8 @@ def verify(path: str | os.PathLike, dataset: str, name: str | None = None) -> Pa
     Reads the file at most once per process for a given (path, size, modification time).
     Returns the path; raises :class:`DamagedFileError` naming the file, what is wrong and how
     to fix it.
+
+    Chapter: {ref}`ch-condition-numbers`.
     """
     path = Path(path)
     name = name or path.name
@@ -269,6 +283,8 @@ def fetch(url: str, *, timeout: float | None = None, what: str = "") -> bytes:
 
     Raises ``OSError`` (``TimeoutError`` when the server does not answer within ``timeout``
     seconds) whose message names the URL.
+
+    Chapter: {ref}`ch-condition-numbers`.
     """
     timeout = resolve_timeout(timeout)
     say(f"fetching {what + ' ' if what else ''}from {url} (timeout {timeout:g} s)")
@@ -293,7 +309,10 @@ def fetch(url: str, *, timeout: float | None = None, what: str = "") -> bytes:
 def install(
     target: Path, write: Callable[[Path], None], dataset: str, name: str
 ) -> None:
-    """Write a file through ``write(tmp)`` next to ``target``, verify it, then rename it into place."""
+    """Write a file through ``write(tmp)`` next to ``target``, verify it, then rename it into place.
+
+    Chapter: {ref}`ch-condition-numbers`.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(
         dir=target.parent, prefix=f".{target.name}.", suffix=".part"
@@ -348,6 +367,8 @@ def locate(
     :class:`DamagedFileError`. Raises ``FileNotFoundError`` naming the file and where to put it
     when it is nowhere and cannot be downloaded. ``timeout``: seconds a download may wait for
     the server (default ``$IMMULIB_TIMEOUT``, else 20).
+
+    Chapter: {ref}`ch-condition-numbers`.
     """
     _fingerprint_of(dataset, name)
     timeout = resolve_timeout(timeout)

@@ -102,7 +102,10 @@ EPS = float(torch.finfo(torch.float64).eps)
 
 @dataclass(frozen=True)
 class Policy:
-    """How a step of ``"ours"`` and its ablations is sized (see the module docstring)."""
+    """How a step of ``"ours"`` and its ablations is sized (see the module docstring).
+
+    Chapter: {ref}`ch-house-prices`.
+    """
 
     name: str
     description: str
@@ -152,6 +155,8 @@ class Problem:
     The supervised loss L = (1/Ns)‖X_sθω − y_s‖² = (uᵀKs u − 2bsᵀu + cs)/Ns, u = θω, is given by
     ``Ks`` (B, D, D), ``bs`` = X_sᵀy_s (B, D), ``cs`` = y_sᵀy_s (B,), ``Ns`` (B,); by default the rows
     of D_P. ``bH``, ``cH``, ``NH``: the same for the harmful targets (IMMA only; may be None).
+
+    Chapter: {ref}`ch-house-prices`.
     """
 
     KP: torch.Tensor
@@ -383,6 +388,8 @@ def run(
     eigenvectors)`` replaces the batched ``torch.linalg.eigh`` (each Hessian is decomposed once
     per step, and that decomposition serves every term, bound and history entry). Knobs: see
     :func:`immunize`. The ``"released"`` policy needs the rows of X: use :func:`immunize`.
+
+    Chapter: {ref}`ch-house-prices`.
     """
     choice(method, "method", METHODS)
     choice(policy, "policy", POLICIES)
@@ -842,7 +849,10 @@ def _run_released(
 
 def starts(D: int, seeds, init: str = "identity") -> tuple[torch.Tensor, torch.Tensor]:
     """(θ_0 (B, D, D), ω_0 (B, D)) for the given seeds, drawn exactly as :func:`immunize` draws
-    them, so a batched :func:`run` over seeds equals one :func:`immunize` call per seed."""
+    them, so a batched :func:`run` over seeds equals one :func:`immunize` call per seed.
+
+    Chapter: {ref}`ch-house-prices`.
+    """
     choice(init, "init", ("identity", "linear_default"))
     thetas, omegas = [], []
     for seed in seeds:

@@ -104,6 +104,8 @@ def nested_null_spaces(KP, KH, *, rank_tol: float | None = None) -> bool:
     ``rank_tol`` is :func:`immulib.linalg.rank_tolerance`'s: ``None`` is numpy's ``matrix_rank``
     rule, a number an absolute tolerance on the eigenvalues. A null direction v of K_P counts as
     null for K_H when vᵀK_Hv is below the same rule applied to K_H.
+
+    Chapter: {ref}`ch-optimal`.
     """
     KP, KH = _pair(KP, KH)
     _, _, NP = _split(KP, rank_tol)
@@ -120,6 +122,8 @@ def generalized_eigenvalues(KP, KH, *, rank_tol: float | None = None) -> torch.T
     They are the eigenvalues of C = K_P^{+1/2} K_H K_P^{+1/2} restricted to range(K_P) (K_P^{+1/2}:
     the pseudo-inverse square root; the range is decided by ``rank_tol`` as in
     :func:`nested_null_spaces`). For an invertible K_P they are the eigenvalues of K_P⁻¹K_H.
+
+    Chapter: {ref}`ch-optimal`.
     """
     KP, KH = _pair(KP, KH)
     lam, U, _ = _split(KP, rank_tol)
@@ -135,6 +139,8 @@ def generalized_spread(KP, KH, *, rank_tol: float | None = None) -> float:
     ``math.inf`` when null(K_P) ⊄ null(K_H) (:func:`nested_null_spaces`), where that supremum is
     unbounded. "Nonzero" uses numpy's rule on the μ (max μ · r · eps). Chapter: "The best a
     linear immunizer can do".
+
+    Chapter: {ref}`ch-optimal`.
     """
     if not nested_null_spaces(KP, KH, rank_tol=rank_tol):
         return math.inf
@@ -162,6 +168,8 @@ def optimal_theta(KP, Q=None, *, rank_tol: float | None = None) -> torch.Tensor:
     -------
     torch.Tensor
         The invertible n × n float64 matrix θ*. Chapter: "The best a linear immunizer can do".
+
+    Chapter: {ref}`ch-optimal`.
     """
     KP = _gram(KP, "KP")
     n = KP.shape[0]
@@ -181,7 +189,10 @@ def optimal_theta(KP, Q=None, *, rank_tol: float | None = None) -> torch.Tensor:
 
 
 def kappa_ratio(theta, KP, KH, *, convention: str = "pinv") -> float:
-    """κ(θᵀK_Hθ)/κ(θᵀK_Pθ), the quantity the generalized spread bounds (κ from :mod:`immulib.linalg`)."""
+    """κ(θᵀK_Hθ)/κ(θᵀK_Pθ), the quantity the generalized spread bounds (κ from :mod:`immulib.linalg`).
+
+    Chapter: {ref}`ch-optimal`.
+    """
     return condition_number(
         probe_hessian(theta, KH), convention=convention
     ) / condition_number(probe_hessian(theta, KP), convention=convention)
@@ -207,6 +218,8 @@ def rir_ceiling(
         can do".
     rank_tol
         Only for ``"pinv"``: see :func:`nested_null_spaces`.
+
+    Chapter: {ref}`ch-optimal`.
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
@@ -248,6 +261,8 @@ def generalized_eigh(
     Both Gram matrices must be positive definite (smallest eigenvalue above ``rank_tol``'s rule,
     see :func:`nested_null_spaces`). Computed through the Cholesky factor K_P = LLᵀ: the
     eigenvectors V of L⁻¹K_HL⁻ᵀ give W = L⁻ᵀV. Chapter: "The best a linear immunizer can do".
+
+    Chapter: {ref}`ch-optimal`.
     """
     KP, KH = _pair(KP, KH)
     _positive_definite(KP, "KP", rank_tol)
@@ -285,6 +300,8 @@ def frontier_theta(KP, KH, c: float, *, rank_tol: float | None = None) -> torch.
         The tolerance below which an eigenvalue counts as zero (:func:`nested_null_spaces`).
 
     Chapter: "The best a linear immunizer can do" (``book/08_optimal_immunizer.md``).
+
+    Chapter: {ref}`ch-optimal`.
     """
     c = number(c, "c", minimum=1.0)
     mu, W = generalized_eigh(KP, KH, rank_tol=rank_tol)

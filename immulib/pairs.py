@@ -57,7 +57,10 @@ EPS = float(np.finfo(np.float64).eps)
 
 
 def all_pairs() -> list[tuple[int, int]]:
-    """The 90 ordered pairs (a, b), a ≠ b: D_P = digit a, D_H = digit b."""
+    """The 90 ordered pairs (a, b), a ≠ b: D_P = digit a, D_H = digit b.
+
+    Chapter: {ref}`ch-mnist-pairs`.
+    """
     return [(a, b) for a in range(10) for b in range(10) if a != b]
 
 
@@ -69,6 +72,8 @@ def pixel_support(
 
     One support for all digits keeps one dimension for all pairs (so pairs batch) and makes every
     per-digit Gram matrix full rank and far from the 10⁻⁶ shift, so the κ conventions agree.
+
+    Chapter: {ref}`ch-mnist-pairs`.
     """
     if not isinstance(data, ImageSet):
         raise TypeError(f"data must be an ImageSet, got {type(data).__name__}")
@@ -102,7 +107,10 @@ def digit_features(
 def pair_indices(
     data: ImageSet, a: int, b: int, *, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of the images :func:`immulib.data.digit_pair` returns for (a, b, seed)."""
+    """Row indices of the images :func:`immulib.data.digit_pair` returns for (a, b, seed).
+
+    Chapter: {ref}`ch-mnist-pairs`.
+    """
     idx_a, idx_b = np.flatnonzero(data.labels == a), np.flatnonzero(data.labels == b)
     n = min(len(idx_a), len(idx_b))
     rng = np.random.default_rng(seed)
@@ -113,7 +121,10 @@ def pair_indices(
 
 @dataclass(frozen=True)
 class DigitGrams:
-    """Per-digit Gram matrices K[c] = X_cᵀX_c and sums s[c] = X_cᵀ1 over all training images of c."""
+    """Per-digit Gram matrices K[c] = X_cᵀX_c and sums s[c] = X_cᵀ1 over all training images of c.
+
+    Chapter: {ref}`ch-mnist-pairs`.
+    """
 
     data: ImageSet
     setup: str
@@ -141,7 +152,10 @@ def digit_grams(
     min_frac: float = 0.01,
     device: str | torch.device = "cpu",
 ) -> DigitGrams:
-    """The ten Gram matrices of a setup (see :func:`pixel_support`), float64, on ``device``."""
+    """The ten Gram matrices of a setup (see :func:`pixel_support`), float64, on ``device``.
+
+    Chapter: {ref}`ch-mnist-pairs`.
+    """
     pixels = pixel_support(data, setup, min_frac=min_frac)
     K, s = [], []
     for c in range(10):
@@ -159,7 +173,10 @@ def digit_grams(
 def problem(
     grams: DigitGrams, pairs, *, seed: int = 0, sup: str = "a_vs_b"
 ) -> linear.Problem:
-    """The pairs (a, b) as one :class:`immulib.linear.Problem` (B = len(pairs)); harmful targets −1."""
+    """The pairs (a, b) as one :class:`immulib.linear.Problem` (B = len(pairs)); harmful targets −1.
+
+    Chapter: {ref}`ch-mnist-pairs`.
+    """
     choice(sup, "sup", ("a_vs_b", "P"))
     parts = [grams.pair(a, b, seed) for a, b in _check_pairs(pairs)]
     KP, KH, sP, sH = (torch.stack([p[i] for p in parts]) for i in range(4))
@@ -188,6 +205,8 @@ def run_batch(
     θ_0 = I and ω_0 ~ N(0, I/D) from ``seed`` (the same for every pair, as one
     :func:`immulib.immunize` call per pair with that seed would draw it, unless ``theta_init`` is
     given); ``kw`` are the knobs of :func:`immulib.linear.run` (``policy``, ``eta``, ``lam_P``, ...).
+
+    Chapter: {ref}`ch-mnist-pairs`.
     """
     choice(method, "method", linear.METHODS)
     prob = problem(grams, pairs, seed=seed, sup=sup)
@@ -302,6 +321,8 @@ def sweep(
         Columns setup, method, convention, a, b, seed, steps, kappa_P0, kappa_H0, kappa_P,
         kappa_H, i, ii, rir, success (RIR > 1 and (ii) ≤ 1), seconds (per pair), plus the
         knobs given in ``kw``.
+
+    Chapter: {ref}`ch-mnist-pairs`.
     """
     choice(setup, "setup", SETUPS)
     choice(method, "method", linear.METHODS)

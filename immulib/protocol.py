@@ -40,7 +40,10 @@ GRIDS: dict[str, list[dict]] = {
 
 def criterion(i: float, ii: float, *, tol: float = 1e-6) -> tuple[int, float]:
     """Sort key (larger is better): feasible settings ((ii) ≤ 1 + tol) by log (i), then the rest by
-    log RIR. Non-finite values rank last."""
+    log RIR. Non-finite values rank last.
+
+    Chapter: {ref}`ch-house-prices`.
+    """
     tol = nonneg(tol, "tol")
     if not (math.isfinite(i) and math.isfinite(ii) and i > 0 and ii > 0):
         return (-1, -math.inf)
@@ -50,14 +53,20 @@ def criterion(i: float, ii: float, *, tol: float = 1e-6) -> tuple[int, float]:
 
 
 def select(rows: list[dict], *, tol: float = 1e-6) -> dict:
-    """The row of ``rows`` (each with keys ``i`` and ``ii``) that :func:`criterion` ranks first."""
+    """The row of ``rows`` (each with keys ``i`` and ``ii``) that :func:`criterion` ranks first.
+
+    Chapter: {ref}`ch-house-prices`.
+    """
     if not rows:
         raise ValueError("rows must not be empty")
     return max(rows, key=lambda r: criterion(float(r["i"]), float(r["ii"]), tol=tol))
 
 
 def method_of(entry: str) -> str:
-    """The :data:`immulib.linear.METHODS` name of a :data:`GRIDS` entry ("ours_paper" → "ours")."""
+    """The :data:`immulib.linear.METHODS` name of a :data:`GRIDS` entry ("ours_paper" → "ours").
+
+    Chapter: {ref}`ch-house-prices`.
+    """
     return choice(entry.split("_paper")[0], "entry", METHODS)
 
 
@@ -73,7 +82,10 @@ def run_seeds(
 ) -> tuple[torch.Tensor, object]:
     """Run a :data:`GRIDS` entry with ``knobs`` from the starts of ``seeds`` (one batched
     :func:`immulib.linear.run`, equal to one :func:`immulib.immunize` call per seed);
-    returns (θ (len(seeds), D, D), history)."""
+    returns (θ (len(seeds), D, D), history).
+
+    Chapter: {ref}`ch-house-prices`.
+    """
     seeds = list(seeds)
     th0, om0 = starts(prob.D, seeds, init)
     theta, _, history, _ = run(
@@ -102,7 +114,10 @@ def tune(
     """Run every setting of ``grid`` (default ``GRIDS[entry]``) for ``steps`` steps from the
     identity start of ``seed``, score each θ with ``score`` (a dict with ``i`` and ``ii``, measured
     on the training rows) and keep the one :func:`criterion` ranks first. A setting that diverges
-    is kept in the list with ``diverged=True`` and never chosen. Returns (chosen knobs, rows)."""
+    is kept in the list with ``diverged=True`` and never chosen. Returns (chosen knobs, rows).
+
+    Chapter: {ref}`ch-house-prices`.
+    """
     steps = integer(steps, "steps", 1)
     grid = GRIDS[choice(entry, "entry", GRIDS)] if grid is None else grid
     rows = []

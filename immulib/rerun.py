@@ -36,7 +36,10 @@ __all__ = [
 
 def book_dir(book: str | os.PathLike | None = None) -> Path | None:
     """The folder holding the chapters: ``book`` if given (it must exist), else ``./book``, else
-    the repository's ``book/`` next to the package (a checkout), else None."""
+    the repository's ``book/`` next to the package (a checkout), else None.
+
+    Chapter: {ref}`ch-introduction`.
+    """
     if book is not None:
         if not isinstance(book, (str, os.PathLike)):
             raise TypeError(f"book must be a path or None, got {type(book).__name__}")
@@ -53,7 +56,10 @@ def book_dir(book: str | os.PathLike | None = None) -> Path | None:
 def find_chapter(
     chapter: str | os.PathLike, book: str | os.PathLike | None = None
 ) -> Path:
-    """Resolve a chapter path or name (``02_condition_numbers``, ``condition_numbers``) to its file."""
+    """Resolve a chapter path or name (``02_condition_numbers``, ``condition_numbers``) to its file.
+
+    Chapter: {ref}`ch-introduction`.
+    """
     if not isinstance(chapter, (str, os.PathLike)):
         raise TypeError(
             f"chapter must be a path or a name, got {type(chapter).__name__}"
@@ -90,6 +96,8 @@ def check_output(
     The output must end in ``.ipynb``, must not be the chapter itself nor any ``.md``/``.ipynb``
     in the chapter's folder or the book folder, and its folder must exist. An existing file is
     replaced only if it is an executed notebook written by an earlier rerun (papermill metadata).
+
+    Chapter: {ref}`ch-introduction`.
     """
     if not isinstance(output, (str, os.PathLike)):
         raise TypeError(f"output must be a path, got {type(output).__name__}")
@@ -153,7 +161,10 @@ def _parameters_cell(nb):
 
 
 def chapter_parameters(path: str | Path) -> dict[str, object]:
-    """The names and default values assigned in the chapter's ``parameters`` cell."""
+    """The names and default values assigned in the chapter's ``parameters`` cell.
+
+    Chapter: {ref}`ch-introduction`.
+    """
     import jupytext
 
     tree = ast.parse(_parameters_cell(jupytext.read(path)).source)
@@ -183,7 +194,10 @@ def _type_ok(default: object, value: object) -> bool:
 def check_parameters(
     path: str | Path, overrides: dict[str, object]
 ) -> dict[str, object]:
-    """Raise ``ValueError``/``TypeError`` for unknown names or mistyped values; return the overrides."""
+    """Raise ``ValueError``/``TypeError`` for unknown names or mistyped values; return the overrides.
+
+    Chapter: {ref}`ch-introduction`.
+    """
     defaults = chapter_parameters(path)
     for name, value in overrides.items():
         if name not in defaults:
@@ -232,6 +246,8 @@ def run_chapter(
     parameters (:func:`check_parameters`) and the output (:func:`check_output`). The chapter runs
     with its own folder as the working directory, as in the book build. Returns the executed
     notebook (``nbformat.NotebookNode``).
+
+    Chapter: {ref}`ch-introduction`.
     """
     from ._validate import progress as resolve_progress
 

@@ -19,7 +19,10 @@ __all__ = ["ImmunizationResult"]
 
 @dataclass(frozen=True)
 class ImmunizationResult:
-    """What every immunization entry point returns; see the module docstring."""
+    """What every immunization entry point returns; see the module docstring.
+
+    Chapter: {ref}`ch-house-prices`.
+    """
 
     method: str
     history: pd.DataFrame
