@@ -15,12 +15,11 @@ one ``eigh``. ``--quick`` finishes in under a minute on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
 
+from benchmarks._timing import median_seconds
 from immulib import linear
 
 
@@ -43,15 +42,6 @@ def _house_prices():
     except (FileNotFoundError, OSError, ValueError):
         return None
     return linear.Problem.from_data(hp.XP, hp.yP, hp.XH, hp.yH)
-
-
-def _median(fn, repeats: int) -> float:
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
 
 
 def main(argv=None):
@@ -79,10 +69,10 @@ def main(argv=None):
     )
     for name, prob in problems:
         H = prob.KP[0] / prob.KP[0].abs().max()
-        t_eigh = _median(lambda H=H: torch.linalg.eigh(H), repeats * 3)
+        t_eigh = median_seconds(lambda H=H: torch.linalg.eigh(H), repeats * 3)
         cells = []
         for method, kw in methods:
-            t = _median(
+            t = median_seconds(
                 lambda prob=prob, method=method, kw=kw: linear.run(
                     prob, method, steps=steps, record_every=10**9, progress=False, **kw
                 ),

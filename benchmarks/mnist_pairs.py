@@ -19,24 +19,14 @@ headline: the speed-up baseline / batched. ``--quick``: 4 pairs, 10 steps, 3 rep
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 
 import numpy as np
 import torch
 
 import immulib
+from benchmarks._timing import median_seconds
 from immulib import data, pairs
-
-
-def _median(fn, repeats):
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
 
 
 def main(argv=None):
@@ -83,9 +73,12 @@ def main(argv=None):
         float((fast[j].cpu() - ref[j]).abs().max() / ref[j].abs().max())
         for j in range(n_pairs)
     )
-    t_ref, t_fast = _median(one_by_one, repeats), _median(batched, repeats)
+    t_ref, t_fast = (
+        median_seconds(one_by_one, repeats),
+        median_seconds(batched, repeats),
+    )
     H = grams.K[:n_pairs] / grams.K[:n_pairs].abs().amax(dim=(-2, -1), keepdim=True)
-    t_eigh = _median(lambda: torch.linalg.eigh(H), repeats * 3)
+    t_eigh = median_seconds(lambda: torch.linalg.eigh(H), repeats * 3)
     print(
         f"{n_pairs} pairs × {steps} steps, D = {len(grams.pixels)}, device {args.device}; "
         f"agreement max relative |Δθ| = {err:.1e}"

@@ -255,25 +255,25 @@ def _outer(V, j):
     return v @ v.mT
 
 
-def _g_well(lam, V):
+def _rebuilt(lam, V, H):
+    """H itself when the caller has it (saves a D³ product), else V diag(λ) Vᵀ."""
+    return _sym(H) if H is not None else (V * lam[:, None, :]) @ V.mT
+
+
+def _g_well(lam, V, H=None):
     """∇R_well(H) = σ₁v₁v₁ᵀ − H/p from H's eigen-decomposition (batched)."""
     p = lam.shape[-1]
     top = torch.full(lam.shape[:1], p - 1, device=lam.device)
-    return _sym(
-        lam[:, -1, None, None] * _outer(V, top) - (V * lam[:, None, :]) @ V.mT / p
-    )
+    return _sym(lam[:, -1, None, None] * _outer(V, top) - _rebuilt(lam, V, H) / p)
 
 
-def _g_ill(lam, V, k):
+def _g_ill(lam, V, k, H=None):
     """(∇R_ill(H), g) with ∇R_ill = (σ_k v_k v_kᵀ − H/k)/g², g = ‖H‖_F²/(2k) − σ_k²/2 (Eq. (13))."""
     D = lam.shape[-1]
     j = D - k
     sk = _pick(lam, j)
     g = (lam**2).sum(-1) / (2 * k) - sk**2 / 2
-    G = (
-        sk[:, None, None] * _outer(V, j)
-        - (V * lam[:, None, :]) @ V.mT / k[:, None, None]
-    )
+    G = sk[:, None, None] * _outer(V, j) - _rebuilt(lam, V, H) / k[:, None, None]
     return _sym(G / (g**2)[:, None, None]), g, sk
 
 
@@ -549,24 +549,9 @@ def run(
         omega_t = omega - eta_w[:, None] * g_omega
         if method in POLICY_METHODS:
             theta = _policy_step(
-                pol,
-                theta,
-                omega,
-                g_theta,
-                lamP,
-                VP,
-                lamH,
-                VH,
-                kP,
-                kH,
-                lP,
-                lH,
-                eta,
-                rho,
-                delta,
-                LK,
-                prob,
-            )
+                pol, theta, omega, g_theta, (lamP, VP, kP, HP), (lamH, VH, kH, HH), (lP, lH),
+                dict(eta=eta, rho=rho, delta=delta, LK=LK), prob,
+            )  # fmt: skip
         elif method == "imma":
             theta = adam.step(
                 theta, _imma_grad(prob, theta, omega, mu, inner_steps, kH)
@@ -611,35 +596,19 @@ def run(
     return theta, omega, pd.DataFrame(rows), info
 
 
-def _policy_step(
-    pol,
-    theta,
-    omega,
-    g_theta,
-    lamP,
-    VP,
-    lamH,
-    VH,
-    kP,
-    kH,
-    lP,
-    lH,
-    eta,
-    rho,
-    delta,
-    LK,
-    prob,
-):
+def _policy_step(pol, theta, omega, g_theta, spec_P, spec_H, weights, knobs, prob):
     """One full-batch step of ``"ours"``/``"r_well_only"``/``"r_ill_only"`` under ``pol``."""
+    (lamP, VP, kP, HP), (lamH, VH, kH, HH), (lP, lH) = spec_P, spec_H, weights
+    eta, rho, delta, LK = knobs["eta"], knobs["rho"], knobs["delta"], knobs["LK"]
     B = theta.shape[0]
     M = torch.zeros_like(theta)
     zero = torch.zeros(B, dtype=theta.dtype, device=theta.device)
     if bool((lP > 0).any()):
-        GP = _g_well(lamP, VP)
+        GP = _g_well(lamP, VP, HP)
         etaP = eta * lP if pol.name == "paper" else lP * rho * _bound_well(lamP, kP)
         M = M + 2 * etaP[:, None, None] * GP
     if bool((lH > 0).any()):
-        GH, g, sk = _g_ill(lamH, VH, kH)
+        GH, g, sk = _g_ill(lamH, VH, kH, HH)
         if pol.name == "paper":
             etaH = eta * lH
         else:  # its own bound (Theorem 4.3 (2)) and a trust region ‖2η_H G_ill‖₂ ≤ δ
