@@ -12,8 +12,11 @@ Yeh; ICML 2025). Each module computes one thing and names the chapter that deriv
 - :mod:`immulib.immunize`: Algorithm 1, the baselines (R_ill Only, IMMA, Opt κ) and the authors'
   released variant.
 - :mod:`immulib.metrics`: the relative immunization ratio (Eq. (15), (17)) and the norm ratio (Eq. (16)).
-- :mod:`immulib.deep`: immunizing the last block of timm ResNets and ViTs; :mod:`immulib.deep_ddp`
-  runs it under ``torchrun``.
+- Deep networks (chapter 07): :mod:`immulib.networks` (timm ResNets and ViTs, the immunized
+  block, float32 features), :mod:`immulib.image_data` (image datasets),
+  :mod:`immulib.deep_objective` (the objectives on mini-batch features),
+  :mod:`immulib.deep_train` (pre-training θ0, ``immunize_model``), :mod:`immulib.deep_eval`
+  (RIR_θ0, accuracy, four attackers) and :mod:`immulib.deep_ddp` (``torchrun``).
 - :mod:`immulib.rerun`: rerun a chapter with other parameters (jupytext + papermill).
 
 Nothing is downloaded or computed at import time.

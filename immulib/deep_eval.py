@@ -1,0 +1,352 @@
+"""Evaluating an immunized network: accuracy, RIR_θ0 (Eq. (17)) and four attackers on held-out D_H.
+
+* :func:`extract_features`: float32 features with autocast off (:class:`immulib.networks.FeaturesAndLogits`);
+* :func:`accuracy`: the model's own head on a dataset;
+* :func:`rir_theta0`: Eq. (17) over groups of samples, as the paper (20 groups of 100), returned as
+  the :class:`immulib.metrics.RIR` dataclass (means over the groups) with :func:`rir_theta0_groups`
+  giving one RIR per group;
+* :func:`attack_curves`: the attacker's D_H test accuracy after each epoch, for
+
+  - ``"probe"``: a linear probe on the frozen features (the paper's Fig. 3), plain mini-batch SGD
+    with step ``1 / λ_max`` of the features' Gram matrix (scaling the features cannot slow it);
+  - ``"probe_std"``: the same probe on features standardised with the attacker's training mean and
+    standard deviation (a cheap preprocessing step that undoes per-feature scales);
+  - ``"finetune_block"``: a new head plus the immunized block trained with AdamW;
+  - ``"finetune_all"``: a new head plus the whole network trained with AdamW;
+
+  and :func:`epochs_to_target`, the first epoch at which a curve reaches a target accuracy.
+
+All forward passes run in eval mode (BatchNorm statistics frozen, no dropout). Chapter:
+``book/07_deep_nets.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+from . import _validate as v
+from .deep_objective import feature_gram
+from .image_data import check_dataset, num_classes
+from .linalg import condition_number
+from .metrics import RIR
+from .networks import FeaturesAndLogits, architecture, forward_from_block, forward_to_block, exact_float32
+
+__all__ = ["ATTACKERS", "accuracy", "attack_curves", "block_inputs", "epochs_to_target", "extract_features",
+           "rir_theta0", "rir_theta0_groups"]
+
+#: The attackers of :func:`attack_curves`, weakest first.
+ATTACKERS: tuple[str, ...] = ("probe", "probe_std", "finetune_block", "finetune_all")
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, data, *, indices=None, batch_size: int = 256,
+                     device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) of ``data`` (or of ``data[indices]``) on the CPU, features float32.
+
+    The features are computed in float32 with autocast (and TF32) off, even inside an autocast
+    region, so a Gram matrix made from them has no bfloat16 rounding floor. Eval mode.
+    """
+    net = FeaturesAndLogits(model)
+    dev = v.device(device)
+    data = check_dataset(data, "data")
+    if indices is not None:
+        data = Subset(data, [int(i) for i in indices])
+    model.to(dev).eval()
+    feats, labels = [], []
+    for x, y in DataLoader(data, batch_size=v.integer(batch_size, "batch_size", 1)):
+        f, _ = net(x.to(dev))
+        feats.append(f.float().cpu())
+        labels.append(torch.as_tensor(y))
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data, *, batch_size: int = 256, device="cpu") -> float:
+    """Fraction of ``data`` that ``model`` (features and its own head) classifies correctly."""
+    net = FeaturesAndLogits(model)
+    dev = v.device(device)
+    data = check_dataset(data, "data")
+    model.to(dev).eval()
+    correct = 0
+    for x, y in DataLoader(data, batch_size=v.integer(batch_size, "batch_size", 1)):
+        _, logits = net(x.to(dev))
+        correct += int((logits.argmax(1).cpu() == torch.as_tensor(y)).sum())
+    return correct / len(data)
+
+
+@torch.no_grad()
+def block_inputs(model: nn.Module, data, *, indices=None, batch_size: int = 256, device="cpu") -> torch.Tensor:
+    """The activations entering the immunized block, for ``data`` (or ``data[indices]``), on the CPU.
+
+    Every immunized copy of θ0 has the same frozen part, so these can be computed once and reused
+    (``block_inputs=`` of :func:`rir_theta0_groups` and :func:`attack_curves`).
+    """
+    architecture(model)
+    dev = v.device(device)
+    data = check_dataset(data, "data")
+    if indices is not None:
+        data = Subset(data, [int(i) for i in indices])
+    model.to(dev).eval()
+    out = []
+    with exact_float32(dev):
+        for x, _ in DataLoader(data, batch_size=v.integer(batch_size, "batch_size", 1)):
+            out.append(forward_to_block(model, x.to(dev).float()).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _suffix_features(model: nn.Module, z: torch.Tensor, dev, batch_size: int = 256) -> torch.Tensor:
+    model.to(dev).eval()
+    out = []
+    with exact_float32(dev):
+        for start in range(0, len(z), batch_size):
+            out.append(forward_from_block(model, z[start:start + batch_size].to(dev))[0].float().cpu())
+    return torch.cat(out)
+
+
+def _check_block_inputs(model, data, z, indices, dev, name) -> None:
+    """Refuse block inputs that do not come from ``model``'s frozen part (checks the first two)."""
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor from block_inputs(), got {type(z).__name__}")
+    first = [int(i) for i in (indices if indices is not None else range(len(data)))][:2]
+    expect = block_inputs(model, data, indices=first, device=dev)
+    if z.shape[0] != (len(indices) if indices is not None else len(data)) or not torch.allclose(
+            z[:len(first)], expect, rtol=1e-4, atol=1e-5):
+        raise ValueError(f"{name} were not computed from this model's frozen layers on these samples")
+
+
+def _shares_parameters(a: nn.Module, b: nn.Module) -> bool:
+    ptrs = {p.data_ptr() for p in a.parameters()}
+    return any(p.data_ptr() in ptrs for p in b.parameters())
+
+
+def rir_theta0_groups(
+    theta0: nn.Module,
+    immunized: nn.Module,
+    data_p,
+    data_h,
+    *,
+    n_groups: int = 20,
+    group_size: int = 100,
+    seed: int = 0,
+    batch_size: int = 256,
+    device="cpu",
+) -> list[RIR]:
+    """RIR_θ0 of Eq. (17) for each of ``n_groups`` groups of ``group_size`` samples (one RIR each).
+
+    For each group, D_P and D_H samples are drawn (without replacement, seeded) and the same samples
+    go through θ0 and θ_I: (i) = κ(H̃_H(θ_I)) / κ(H̃_H(θ0)), (ii) = κ(H̃_P(θ_I)) / κ(H̃_P(θ0)),
+    RIR_θ0 = (i) / (ii), κ the pseudo-inverse condition number (Eq. (1)) of the float64 Gram matrix
+    of float32 features (rank ≤ group_size). The frozen part is run once for both models.
+
+    ``theta0`` must be a separate copy taken *before* immunization: the authors' released
+    evaluation passes the same model twice and always reports 1.0 (their GitHub issue #1), so a
+    ``ValueError`` is raised if the two models are the same object or share any parameter.
+    """
+    architecture(theta0), architecture(immunized)
+    if theta0 is immunized or _shares_parameters(theta0, immunized):
+        raise ValueError(
+            "theta0 and immunized are the same model (or share parameters): RIR_θ0 would be 1 by "
+            "construction. Keep a copy of θ0 taken before immunization (copy.deepcopy(model))."
+        )
+    n_groups, group_size = v.integer(n_groups, "n_groups", 1), v.integer(group_size, "group_size", 2)
+    data_p, data_h = check_dataset(data_p, "data_p"), check_dataset(data_h, "data_h")
+    dev = v.device(device)
+    for name, ds in (("data_p", data_p), ("data_h", data_h)):
+        if group_size > len(ds):
+            raise ValueError(f"group_size {group_size} is larger than {name} ({len(ds)} samples)")
+    rng = np.random.default_rng(v.integer(seed, "seed", 0))
+    groups = [(rng.choice(len(data_p), group_size, replace=False), rng.choice(len(data_h), group_size, replace=False))
+              for _ in range(n_groups)]
+    same_prefix = _same_frozen_part(theta0, immunized)
+    kappa = {}
+    for which, ds in ((0, data_p), (1, data_h)):
+        idx = np.unique(np.concatenate([g[which] for g in groups]))
+        row = {int(j): r for r, j in enumerate(idx)}
+        z = block_inputs(theta0, ds, indices=idx, batch_size=batch_size, device=dev)
+        for tag, model in (("0", theta0), ("I", immunized)):
+            if tag == "I" and not same_prefix:
+                z = block_inputs(model, ds, indices=idx, batch_size=batch_size, device=dev)
+            feats = _suffix_features(model, z, dev, batch_size)
+            kappa[tag, which] = [condition_number(feature_gram(feats[[row[int(j)] for j in g[which]]])) for g in groups]
+    out = []
+    for g in range(n_groups):
+        kH, kH0, kP, kP0 = kappa["I", 1][g], kappa["0", 1][g], kappa["I", 0][g], kappa["0", 0][g]
+        out.append(RIR(kH / kH0, kP / kP0, (kH / kH0) / (kP / kP0), kH, kH0, kP, kP0))
+    return out
+
+
+def _same_frozen_part(a: nn.Module, b: nn.Module) -> bool:
+    """Whether ``a`` and ``b`` agree on every weight and buffer outside the immunized block and head."""
+    if type(a) is not type(b):
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    if set(sa) != set(sb) or any(sa[n].shape != sb[n].shape for n in sa):
+        return False
+    block = "layer4." if architecture(a) == "resnet" else f"blocks.{len(a.blocks) - 1}."
+    head = {f"{n}." for n, m in a.named_modules() if m is a.get_classifier()}
+    return all(torch.equal(sa[n].cpu(), sb[n].cpu()) for n in sa
+               if not n.startswith(block) and not any(n.startswith(h) for h in head))
+
+
+def rir_theta0(theta0: nn.Module, immunized: nn.Module, data_p, data_h, **kwargs) -> RIR:
+    """RIR_θ0 (Eq. (17)) as the paper reports it: the means over the groups of :func:`rir_theta0_groups`.
+
+    ``i``, ``ii`` and ``rir`` are the means of the per-group values (so ``rir`` is the mean of the
+    per-group ratios, not ``i / ii``); the ``kappa_*`` fields are the geometric means of the
+    groups' condition numbers.
+    """
+    groups = rir_theta0_groups(theta0, immunized, data_p, data_h, **kwargs)
+    mean = lambda key: float(np.mean([getattr(g, key) for g in groups]))  # noqa: E731
+    gmean = lambda key: float(np.exp(np.mean([np.log(getattr(g, key)) for g in groups])))  # noqa: E731
+    return RIR(mean("i"), mean("ii"), mean("rir"), gmean("kappa_H"), gmean("kappa_H_ref"), gmean("kappa_P"),
+               gmean("kappa_P_ref"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the attackers
+
+
+def _probe(f_tr, y_tr, f_te, y_te, n_classes, epochs, batch_size, gen) -> list[float]:
+    """Mini-batch SGD on a linear head with bias (zero start), step 1/λ_max(X̃ᵀX̃/N)."""
+    aug = lambda f: torch.cat([f, torch.ones(len(f), 1, dtype=torch.float64)], 1)  # noqa: E731
+    a_tr, a_te = aug(f_tr.double()), aug(f_te.double())
+    eta = 1.0 / float(torch.linalg.matrix_norm(a_tr, 2) ** 2 / len(a_tr))
+    w = torch.zeros(a_tr.shape[1], n_classes, dtype=torch.float64)
+    accs = [float(((a_te @ w).argmax(1) == y_te).double().mean())]
+    for _ in range(epochs):
+        perm = torch.randperm(len(a_tr), generator=gen)
+        for start in range(0, len(perm), batch_size):
+            j = perm[start:start + batch_size]
+            p = torch.softmax(a_tr[j] @ w, 1)
+            p[torch.arange(len(j)), y_tr[j]] -= 1
+            w -= eta * a_tr[j].T @ p / len(j)  # the cross-entropy gradient
+        accs.append(float(((a_te @ w).argmax(1) == y_te).double().mean()))
+    return accs
+
+
+def _finetune(model, z_tr, y_tr, z_te, y_te, n_classes, epochs, batch_size, eta, gen, dev, whole) -> list[float]:
+    """A new zero head on D_H, trained with AdamW together with the block (or the whole network)."""
+    m = copy.deepcopy(model).to(dev).eval()
+    m.reset_classifier(n_classes)
+    head = m.get_classifier()
+    for p in head.parameters():
+        nn.init.zeros_(p)
+    for p in m.parameters():
+        p.requires_grad_(whole)
+    for p in list(head.parameters()) + ([] if whole else list(m.layer4.parameters() if architecture(m) == "resnet"
+                                                             else m.blocks[-1].parameters())):
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=eta, weight_decay=0.0)
+    run = (lambda x: forward_from_block(m, forward_to_block(m, x))) if whole else (lambda z: forward_from_block(m, z))
+
+    def test_acc() -> float:
+        correct = 0
+        with torch.no_grad(), exact_float32(dev):
+            for start in range(0, len(z_te), 256):
+                _, logits = run(z_te[start:start + 256].to(dev))
+                correct += int((logits.argmax(1).cpu() == y_te[start:start + 256]).sum())
+        return correct / len(z_te)
+
+    accs = [test_acc()]
+    for _ in range(epochs):
+        perm = torch.randperm(len(z_tr), generator=gen)
+        for start in range(0, len(perm) - batch_size + 1, batch_size):
+            j = perm[start:start + batch_size]
+            with exact_float32(dev):
+                _, logits = run(z_tr[j].to(dev))
+                loss = F.cross_entropy(logits, y_tr[j].to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        accs.append(test_acc())
+    return accs
+
+
+def _images(data) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for x, y in DataLoader(data, batch_size=512):
+        xs.append(x.float())
+        ys.append(torch.as_tensor(y))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def attack_curves(
+    model: nn.Module,
+    train,
+    test,
+    *,
+    attackers=ATTACKERS,
+    epochs: int = 10,
+    finetune_epochs: int | None = None,
+    batch_size: int = 64,
+    eta: float = 1e-3,
+    block_inputs_train: torch.Tensor | None = None,
+    block_inputs_test: torch.Tensor | None = None,
+    seed: int = 0,
+    device="cpu",
+) -> dict[str, np.ndarray]:
+    """Each attacker's D_H test accuracy on ``test`` after each epoch of training on ``train``.
+
+    ``attackers`` is a subset of :data:`ATTACKERS` (see the module docstring). The probes run
+    ``epochs`` epochs; the two fine-tuning attackers ``finetune_epochs`` (default ``epochs``) with
+    AdamW at step ``eta``, batch ``batch_size``, starting from a zero head of ``train``'s classes.
+    Returns ``{attacker: array of epochs + 1 accuracies}``, the first for the untrained head.
+    ``block_inputs_train``/``_test`` (from :func:`block_inputs` of any model with the same frozen
+    layers, e.g. θ0) save recomputing the frozen part; they are checked on two samples.
+    """
+    architecture(model)
+    train, test = check_dataset(train, "train"), check_dataset(test, "test")
+    attackers = tuple(attackers) if not isinstance(attackers, str) else (attackers,)
+    for a in attackers:
+        v.choice(a, "attackers", ATTACKERS)
+    epochs = v.integer(epochs, "epochs", 1)
+    ft_epochs = epochs if finetune_epochs is None else v.integer(finetune_epochs, "finetune_epochs", 1)
+    bs, eta = v.integer(batch_size, "batch_size", 1), v.positive(eta, "eta")
+    dev, seed = v.device(device), v.integer(seed, "seed", 0)
+    n_classes = num_classes(train, "train")
+    y_tr = torch.cat([torch.as_tensor(y) for _, y in DataLoader(train, batch_size=1024)])
+    y_te = torch.cat([torch.as_tensor(y) for _, y in DataLoader(test, batch_size=1024)])
+    z = {}
+    for key, ds, given in (("train", train, block_inputs_train), ("test", test, block_inputs_test)):
+        if given is None:
+            z[key] = block_inputs(model, ds, device=dev)
+        else:
+            _check_block_inputs(model, ds, given, None, dev, f"block_inputs_{key}")
+            z[key] = given
+    out: dict[str, np.ndarray] = {}
+    if {"probe", "probe_std"} & set(attackers):
+        f_tr, f_te = _suffix_features(model, z["train"], dev).double(), _suffix_features(model, z["test"], dev).double()
+        if "probe" in attackers:
+            out["probe"] = np.array(_probe(f_tr, y_tr, f_te, y_te, n_classes, epochs, bs,
+                                           torch.Generator().manual_seed(seed)))
+        if "probe_std" in attackers:
+            mu, sd = f_tr.mean(0), f_tr.std(0)
+            sd = torch.where(sd > 0, sd, torch.ones_like(sd))
+            out["probe_std"] = np.array(_probe((f_tr - mu) / sd, y_tr, (f_te - mu) / sd, y_te, n_classes, epochs, bs,
+                                               torch.Generator().manual_seed(seed)))
+    if "finetune_block" in attackers:
+        out["finetune_block"] = np.array(_finetune(model, z["train"], y_tr, z["test"], y_te, n_classes, ft_epochs, bs,
+                                                   eta, torch.Generator().manual_seed(seed), dev, whole=False))
+    if "finetune_all" in attackers:
+        x_tr, _ = _images(train)
+        x_te, _ = _images(test)
+        out["finetune_all"] = np.array(_finetune(model, x_tr, y_tr, x_te, y_te, n_classes, ft_epochs, bs, eta,
+                                                 torch.Generator().manual_seed(seed), dev, whole=True))
+    return {a: out[a] for a in attackers}
+
+
+def epochs_to_target(curve, target: float) -> float:
+    """The first epoch at which ``curve`` (accuracies, epoch 0 first) reaches ``target``; ``inf`` if never."""
+    curve = np.asarray(curve, dtype=float)
+    if curve.ndim != 1 or curve.size == 0:
+        raise ValueError(f"curve must be a non-empty 1-d array of accuracies, got shape {curve.shape}")
+    target = v.number(target, "target", minimum=0.0, maximum=1.0)
+    hit = np.nonzero(curve >= target)[0]
+    return float(hit[0]) if hit.size else float("inf")
