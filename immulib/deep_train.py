@@ -122,8 +122,8 @@ def pretrain(
             x, y = next(stream)
             with _amp(dev):
                 loss = F.cross_entropy(model(x.to(dev)).float(), y.to(dev))
-            if not math.isfinite(float(loss)):
-                raise FloatingPointError(f"pre-training loss became {float(loss)} in epoch {epoch}: lower eta={eta}")
+            if not math.isfinite(float(loss.detach())):
+                raise FloatingPointError(f"pre-training loss became {float(loss.detach())} in epoch {epoch}: lower eta={eta}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
