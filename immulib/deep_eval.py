@@ -35,9 +35,10 @@ from .deep_objective import feature_gram
 from .image_data import check_dataset, num_classes
 from .linalg import condition_number
 from .metrics import RIR
-from .networks import FeaturesAndLogits, architecture, forward_from_block, forward_to_block, exact_float32
+from .networks import (FeaturesAndLogits, architecture, block_inputs, check_block_inputs, exact_float32,
+                       forward_from_block, forward_to_block)
 
-__all__ = ["ATTACKERS", "accuracy", "attack_curves", "block_inputs", "epochs_to_target", "extract_features",
+__all__ = ["ATTACKERS", "accuracy", "attack_curves", "epochs_to_target", "extract_features",
            "rir_theta0", "rir_theta0_groups"]
 
 #: The attackers of :func:`attack_curves`, weakest first.
@@ -67,58 +68,32 @@ def extract_features(model: nn.Module, data, *, indices=None, batch_size: int = 
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, data, *, batch_size: int = 256, device="cpu") -> float:
-    """Fraction of ``data`` that ``model`` (features and its own head) classifies correctly."""
-    net = FeaturesAndLogits(model)
-    dev = v.device(device)
-    data = check_dataset(data, "data")
-    model.to(dev).eval()
-    correct = 0
-    for x, y in DataLoader(data, batch_size=v.integer(batch_size, "batch_size", 1)):
-        _, logits = net(x.to(dev))
-        correct += int((logits.argmax(1).cpu() == torch.as_tensor(y)).sum())
-    return correct / len(data)
+def accuracy(model: nn.Module, data, *, block_inputs: torch.Tensor | None = None, batch_size: int = 256,
+             device="cpu") -> float:
+    """Fraction of ``data`` that ``model`` (features and its own head) classifies correctly.
 
-
-@torch.no_grad()
-def block_inputs(model: nn.Module, data, *, indices=None, batch_size: int = 256, device="cpu") -> torch.Tensor:
-    """The activations entering the immunized block, for ``data`` (or ``data[indices]``), on the CPU.
-
-    Every immunized copy of θ0 has the same frozen part, so these can be computed once and reused
-    (``block_inputs=`` of :func:`rir_theta0_groups` and :func:`attack_curves`).
+    ``block_inputs`` (:func:`immulib.networks.block_inputs` of ``data`` through θ0) skips the frozen part.
     """
-    architecture(model)
     dev = v.device(device)
     data = check_dataset(data, "data")
-    if indices is not None:
-        data = Subset(data, [int(i) for i in indices])
+    bs = v.integer(batch_size, "batch_size", 1)
     model.to(dev).eval()
-    out = []
-    with exact_float32(dev):
-        for x, _ in DataLoader(data, batch_size=v.integer(batch_size, "batch_size", 1)):
-            out.append(forward_to_block(model, x.to(dev).float()).cpu())
-    return torch.cat(out)
+    labels = torch.cat([torch.as_tensor(y) for _, y in DataLoader(data, batch_size=1024)])
+    if block_inputs is not None:
+        z = check_block_inputs(model, data, block_inputs, "block_inputs", device=dev)
+        net = FeaturesAndLogits(model, from_block=True)
+        pred = torch.cat([net(z[s:s + bs].to(dev))[1].argmax(1).cpu() for s in range(0, len(z), bs)])
+    else:
+        net = FeaturesAndLogits(model)
+        pred = torch.cat([net(x.to(dev))[1].argmax(1).cpu() for x, _ in DataLoader(data, batch_size=bs)])
+    return float((pred == labels).double().mean())
 
 
 @torch.no_grad()
 def _suffix_features(model: nn.Module, z: torch.Tensor, dev, batch_size: int = 256) -> torch.Tensor:
     model.to(dev).eval()
-    out = []
-    with exact_float32(dev):
-        for start in range(0, len(z), batch_size):
-            out.append(forward_from_block(model, z[start:start + batch_size].to(dev))[0].float().cpu())
-    return torch.cat(out)
-
-
-def _check_block_inputs(model, data, z, indices, dev, name) -> None:
-    """Refuse block inputs that do not come from ``model``'s frozen part (checks the first two)."""
-    if not isinstance(z, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor from block_inputs(), got {type(z).__name__}")
-    first = [int(i) for i in (indices if indices is not None else range(len(data)))][:2]
-    expect = block_inputs(model, data, indices=first, device=dev)
-    if z.shape[0] != (len(indices) if indices is not None else len(data)) or not torch.allclose(
-            z[:len(first)], expect, rtol=1e-4, atol=1e-5):
-        raise ValueError(f"{name} were not computed from this model's frozen layers on these samples")
+    net = FeaturesAndLogits(model, from_block=True)
+    return torch.cat([net(z[s:s + batch_size].to(dev))[0].float().cpu() for s in range(0, len(z), batch_size)])
 
 
 def _shares_parameters(a: nn.Module, b: nn.Module) -> bool:
@@ -136,6 +111,8 @@ def rir_theta0_groups(
     group_size: int = 100,
     seed: int = 0,
     batch_size: int = 256,
+    block_inputs_p: torch.Tensor | None = None,
+    block_inputs_h: torch.Tensor | None = None,
     device="cpu",
 ) -> list[RIR]:
     """RIR_θ0 of Eq. (17) for each of ``n_groups`` groups of ``group_size`` samples (one RIR each).
@@ -143,7 +120,9 @@ def rir_theta0_groups(
     For each group, D_P and D_H samples are drawn (without replacement, seeded) and the same samples
     go through θ0 and θ_I: (i) = κ(H̃_H(θ_I)) / κ(H̃_H(θ0)), (ii) = κ(H̃_P(θ_I)) / κ(H̃_P(θ0)),
     RIR_θ0 = (i) / (ii), κ the pseudo-inverse condition number (Eq. (1)) of the float64 Gram matrix
-    of float32 features (rank ≤ group_size). The frozen part is run once for both models.
+    of float32 features (rank ≤ group_size). The frozen part is run once for both models, or not at
+    all with ``block_inputs_p``/``_h`` (:func:`immulib.networks.block_inputs` of θ0 on all of
+    ``data_p``/``data_h``).
 
     ``theta0`` must be a separate copy taken *before* immunization: the authors' released
     evaluation passes the same model twice and always reports 1.0 (their GitHub issue #1), so a
@@ -166,10 +145,13 @@ def rir_theta0_groups(
               for _ in range(n_groups)]
     same_prefix = _same_frozen_part(theta0, immunized)
     kappa = {}
-    for which, ds in ((0, data_p), (1, data_h)):
+    for which, ds, given in ((0, data_p, block_inputs_p), (1, data_h, block_inputs_h)):
         idx = np.unique(np.concatenate([g[which] for g in groups]))
         row = {int(j): r for r, j in enumerate(idx)}
-        z = block_inputs(theta0, ds, indices=idx, batch_size=batch_size, device=dev)
+        if given is None:
+            z = block_inputs(theta0, ds, indices=idx, batch_size=batch_size, device=dev)
+        else:
+            z = check_block_inputs(theta0, ds, given, "block_inputs_" + "ph"[which], device=dev)[torch.as_tensor(idx)]
         for tag, model in (("0", theta0), ("I", immunized)):
             if tag == "I" and not same_prefix:
                 z = block_inputs(model, ds, indices=idx, batch_size=batch_size, device=dev)
@@ -298,7 +280,7 @@ def attack_curves(
     ``epochs`` epochs; the two fine-tuning attackers ``finetune_epochs`` (default ``epochs``) with
     AdamW at step ``eta``, batch ``batch_size``, starting from a zero head of ``train``'s classes.
     Returns ``{attacker: array of epochs + 1 accuracies}``, the first for the untrained head.
-    ``block_inputs_train``/``_test`` (from :func:`block_inputs` of any model with the same frozen
+    ``block_inputs_train``/``_test`` (from :func:`immulib.networks.block_inputs` of any model with the same frozen
     layers, e.g. θ0) save recomputing the frozen part; they are checked on two samples.
     """
     architecture(model)
@@ -318,8 +300,7 @@ def attack_curves(
         if given is None:
             z[key] = block_inputs(model, ds, device=dev)
         else:
-            _check_block_inputs(model, ds, given, None, dev, f"block_inputs_{key}")
-            z[key] = given
+            z[key] = check_block_inputs(model, ds, given, f"block_inputs_{key}", device=dev)
     out: dict[str, np.ndarray] = {}
     if {"probe", "probe_std"} & set(attackers):
         f_tr, f_te = _suffix_features(model, z["train"], dev).double(), _suffix_features(model, z["test"], dev).double()

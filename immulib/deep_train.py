@@ -28,11 +28,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from . import _validate as v
 from .deep_objective import METHODS, immunization_loss, log_condition_number, feature_gram
 from .image_data import batches, check_dataset, fingerprint, num_classes
-from .networks import FeaturesAndLogits, architecture, check_inputs, freeze
+from .networks import FeaturesAndLogits, architecture, check_block_inputs, check_inputs, freeze
 from .results import ImmunizationResult
 
 __all__ = ["immunization_step", "immunize_model", "pretrain", "pretrain_cache_path"]
@@ -202,6 +203,20 @@ def immunization_step(
     return parts
 
 
+def _first_two(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = zip(*(ds[i] for i in range(min(2, len(ds)))))
+    return torch.stack([torch.as_tensor(t) for t in x]), torch.as_tensor(y)
+
+
+def _from_block(model, ds, z, name, dev):
+    """``ds`` itself, or (its block inputs, its labels) as a TensorDataset in the same order."""
+    if z is None:
+        return ds
+    z = check_block_inputs(model, ds, z, name, device=dev)
+    labels = torch.cat([torch.as_tensor(y) for _, y in DataLoader(ds, batch_size=1024)])
+    return TensorDataset(z, labels)
+
+
 def immunize_model(
     theta0: nn.Module,
     data_p,
@@ -218,6 +233,8 @@ def immunize_model(
     inner_eta: float = 1.0,
     max_grad_norm: float | None = None,
     regularizer_fns: tuple[Callable, Callable] | None = None,
+    block_inputs_p: torch.Tensor | None = None,
+    block_inputs_h: torch.Tensor | None = None,
     seed: int = 0,
     device="cpu",
     num_workers: int = 0,
@@ -229,6 +246,9 @@ def immunize_model(
     shuffles of ``data_p`` and ``data_h``) and applies :func:`immunization_step` with ``method``,
     ``lam_P`` and ``lam_H`` (:func:`immulib.deep_objective.balance_lambdas` is the paper's way of
     choosing them), clipping the gradient norm at ``max_grad_norm`` if given. Paper §5.2, Eq. (11).
+    ``block_inputs_p``/``_h`` (:func:`immulib.networks.block_inputs` of θ0 on all of ``data_p`` /
+    ``data_h``) skip the frozen part, which is the same for every immunized copy of θ0: the steps
+    are then the same up to rounding, and much cheaper.
 
     Returns an :class:`immulib.results.ImmunizationResult` with ``model`` the immunized network
     (parameters frozen) and ``history`` one row per step (``step``, ``task``, ``loss`` and the
@@ -261,8 +281,14 @@ def immunize_model(
         for p in ref.parameters():
             p.requires_grad_(False)
         reference = FeaturesAndLogits(ref)
-    stream_p = batches(data_p, bs, seed, num_workers)
-    stream_h = batches(data_h, bs, seed + 1, num_workers)
+    stream_p = batches(_from_block(model, data_p, block_inputs_p, "block_inputs_p", dev), bs, seed, num_workers)
+    stream_h = batches(_from_block(model, data_h, block_inputs_h, "block_inputs_h", dev), bs, seed + 1, num_workers)
+    if (block_inputs_p is None) != (block_inputs_h is None):
+        raise ValueError("give both block_inputs_p and block_inputs_h, or neither")
+    if block_inputs_p is not None:
+        net = FeaturesAndLogits(model, from_block=True)
+        if reference is not None:
+            reference = FeaturesAndLogits(reference.model, from_block=True)
     loss_kwargs = dict(method=method, lam_P=lam_P, lam_H=lam_H, inner_steps=inner_steps, inner_eta=inner_eta,
                        num_classes_h=num_classes(data_h, "data_h") if method == "imma" else None,
                        regularizer_fns=regularizer_fns)
@@ -271,8 +297,9 @@ def immunize_model(
     for step in tqdm(range(steps), desc=f"immunize ({method})", disable=not show):
         batch_p, batch_h = next(stream_p), next(stream_h)
         if step == 0:
-            check_inputs(model, batch_p[0], batch_p[1], name="data_p")
-            check_inputs(model, batch_h[0], None, name="data_h")
+            x_p, y_p = _first_two(data_p)
+            check_inputs(model, x_p, y_p, name="data_p")
+            check_inputs(model, _first_two(data_h)[0], None, name="data_h")
         try:
             parts = immunization_step(net, batch_p, batch_h, optimizer, device=dev, max_grad_norm=max_grad_norm,
                                       reference=reference, **loss_kwargs)

@@ -32,6 +32,8 @@ from ._validate import integer
 __all__ = [
     "FeaturesAndLogits",
     "architecture",
+    "block_inputs",
+    "check_block_inputs",
     "check_inputs",
     "create_model",
     "exact_float32",
@@ -197,13 +199,53 @@ class FeaturesAndLogits(nn.Module):
     token average with ``global_pool="avg"``, after the final norm), computed in float32 under
     :func:`exact_float32` even inside an autocast region. One module with one forward is what
     DistributedDataParallel needs.
+
+    With ``from_block=True`` the input is the immunized block's input (:func:`block_inputs`), not
+    images: every immunized copy of θ0 has the same frozen part, so it can be run once.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, from_block: bool = False):
         super().__init__()
         architecture(model)
-        self.model = model
+        self.model, self.from_block = model, bool(from_block)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with exact_float32(x.device):
-            return forward_from_block(self.model, forward_to_block(self.model, x.float()))
+            z = x.float() if self.from_block else forward_to_block(self.model, x.float())
+            return forward_from_block(self.model, z)
+
+
+@torch.no_grad()
+def block_inputs(model: nn.Module, data, *, indices=None, batch_size: int = 256, device="cpu") -> torch.Tensor:
+    """The activations entering the immunized block, float32, for ``data`` (or ``data[indices]``), on the CPU.
+
+    Every immunized copy of θ0 shares θ0's frozen part, so these are computed once and passed as
+    ``block_inputs*=`` to :func:`immulib.deep_train.immunize_model` and the functions of
+    :mod:`immulib.deep_eval`, which check them on two samples (:func:`check_block_inputs`).
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    from ._validate import device as check_device
+
+    architecture(model)
+    dev = check_device(device)
+    if indices is not None:
+        data = Subset(data, [int(i) for i in indices])
+    model.to(dev).eval()
+    out = []
+    with exact_float32(dev):
+        for x, _ in DataLoader(data, batch_size=integer(batch_size, "batch_size", 1)):
+            out.append(forward_to_block(model, x.to(dev).float()).cpu())
+    return torch.cat(out)
+
+
+def check_block_inputs(model: nn.Module, data, z, name: str, *, device="cpu") -> torch.Tensor:
+    """``z`` if it holds one block input per sample of ``data`` from ``model``'s frozen part (two checked)."""
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor from networks.block_inputs(), got {type(z).__name__}")
+    expect = block_inputs(model, data, indices=range(min(2, len(data))), device=device)
+    if z.shape[0] != len(data) or z.shape[1:] != expect.shape[1:] or not torch.allclose(
+            z[:len(expect)], expect, rtol=1e-4, atol=1e-5):
+        raise ValueError(f"{name} were not computed from this model's frozen layers on these samples "
+                         f"(use networks.block_inputs(theta0, data))")
+    return z

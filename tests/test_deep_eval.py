@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deep_helpers import TINY, fake_image_folder, separable_data, tiny, tiny_data
-from immulib import deep_eval, deep_objective, deep_train, image_data, linalg
+from immulib import deep_eval, deep_objective, deep_train, image_data, linalg, networks
 from immulib.metrics import RIR
 
 pytestmark = pytest.mark.filterwarnings("ignore::immulib.regularizers.NonUniqueSingularValueWarning")
@@ -82,7 +82,7 @@ def test_attack_curves_every_attacker_learns_a_separable_task():
 def test_attack_curves_reuse_block_inputs_and_refuse_foreign_ones(immunized):
     m, im = immunized
     train, test = tiny_data(24, seed=4), tiny_data(12, seed=5)
-    zt, ze = deep_eval.block_inputs(m, train), deep_eval.block_inputs(m, test)
+    zt, ze = networks.block_inputs(m, train), networks.block_inputs(m, test)
     a = deep_eval.attack_curves(im, train, test, attackers=["probe", "finetune_block"], epochs=2, batch_size=8)
     b = deep_eval.attack_curves(im, train, test, attackers=["probe", "finetune_block"], epochs=2, batch_size=8,
                                 block_inputs_train=zt, block_inputs_test=ze)

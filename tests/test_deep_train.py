@@ -156,3 +156,17 @@ def test_pretrain_reaches_a_separable_task_and_caches_its_weights(tmp_path, monk
     c = tiny("resnet18")  # other settings: another file, trained afresh
     assert deep_train.pretrain(c, train, epochs=1, batch_size=16, eta=3e-3, progress=False).attrs["cached"] is False
     assert len(list((tmp_path / "theta0").glob("*.pt"))) == 2
+
+
+def test_block_inputs_give_the_same_immunization_as_the_full_forward(model):
+    dp, dh = tiny_data(), tiny_data(seed=1)
+    kw = dict(lam_P=1e-3, lam_H=1e-2, steps=3, batch_size=8, progress=False)
+    full = deep_train.immunize_model(model, dp, dh, **kw)
+    fast = deep_train.immunize_model(model, dp, dh, block_inputs_p=networks.block_inputs(model, dp),
+                                     block_inputs_h=networks.block_inputs(model, dh), **kw)
+    assert torch.allclose(torch.tensor(full.history.loss), torch.tensor(fast.history.loss), rtol=1e-5)
+    for (n, a), (_, b) in zip(full.model.named_parameters(), fast.model.named_parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), n
+    with pytest.raises(ValueError, match="block_inputs_p"):
+        deep_train.immunize_model(model, dp, dh, block_inputs_p=networks.block_inputs(model, dh),
+                                  block_inputs_h=networks.block_inputs(model, dh), **kw)
