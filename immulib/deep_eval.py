@@ -195,25 +195,35 @@ def rir_theta0(theta0: nn.Module, immunized: nn.Module, data_p, data_h, **kwargs
 # the attackers
 
 
-def _probe(f_tr, y_tr, f_te, y_te, n_classes, epochs, batch_size, gen) -> list[float]:
+def _eval_points(n_batches: int, evals_per_epoch: int) -> set[int]:
+    """The batch indices (0-based, within an epoch) after which the curve records an accuracy."""
+    return {max(0, round((k + 1) * n_batches / evals_per_epoch) - 1) for k in range(evals_per_epoch)}
+
+
+def _probe(f_tr, y_tr, f_te, y_te, n_classes, epochs, batch_size, gen, evals) -> list[float]:
     """Mini-batch SGD on a linear head with bias (zero start), step 1/λ_max(X̃ᵀX̃/N)."""
     aug = lambda f: torch.cat([f, torch.ones(len(f), 1, dtype=torch.float64)], 1)  # noqa: E731
     a_tr, a_te = aug(f_tr.double()), aug(f_te.double())
     eta = 1.0 / float(torch.linalg.matrix_norm(a_tr, 2) ** 2 / len(a_tr))
     w = torch.zeros(a_tr.shape[1], n_classes, dtype=torch.float64)
-    accs = [float(((a_te @ w).argmax(1) == y_te).double().mean())]
+    acc = lambda: float(((a_te @ w).argmax(1) == y_te).double().mean())  # noqa: E731
+    accs = [acc()]
+    n_batches = -(-len(a_tr) // batch_size)
+    points = _eval_points(n_batches, evals)
     for _ in range(epochs):
         perm = torch.randperm(len(a_tr), generator=gen)
-        for start in range(0, len(perm), batch_size):
-            j = perm[start:start + batch_size]
+        for b in range(n_batches):
+            j = perm[b * batch_size:(b + 1) * batch_size]
             p = torch.softmax(a_tr[j] @ w, 1)
             p[torch.arange(len(j)), y_tr[j]] -= 1
             w -= eta * a_tr[j].T @ p / len(j)  # the cross-entropy gradient
-        accs.append(float(((a_te @ w).argmax(1) == y_te).double().mean()))
+            if b in points:
+                accs.append(acc())
     return accs
 
 
-def _finetune(model, z_tr, y_tr, z_te, y_te, n_classes, epochs, batch_size, eta, gen, dev, whole) -> list[float]:
+def _finetune(model, z_tr, y_tr, z_te, y_te, n_classes, epochs, batch_size, eta, gen, dev, whole,
+              evals) -> list[float]:
     """A new zero head on D_H, trained with AdamW together with the block (or the whole network)."""
     m = copy.deepcopy(model).to(dev).eval()
     m.reset_classifier(n_classes)
@@ -237,17 +247,20 @@ def _finetune(model, z_tr, y_tr, z_te, y_te, n_classes, epochs, batch_size, eta,
         return correct / len(z_te)
 
     accs = [test_acc()]
+    n_batches = len(z_tr) // batch_size
+    points = _eval_points(n_batches, evals)
     for _ in range(epochs):
         perm = torch.randperm(len(z_tr), generator=gen)
-        for start in range(0, len(perm) - batch_size + 1, batch_size):
-            j = perm[start:start + batch_size]
+        for b in range(n_batches):
+            j = perm[b * batch_size:(b + 1) * batch_size]
             with exact_float32(dev):
                 _, logits = run(z_tr[j].to(dev))
                 loss = F.cross_entropy(logits, y_tr[j].to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        accs.append(test_acc())
+            if b in points:
+                accs.append(test_acc())
     return accs
 
 
@@ -269,6 +282,7 @@ def attack_curves(
     finetune_epochs: int | None = None,
     batch_size: int = 64,
     eta: float = 1e-3,
+    evals_per_epoch: int = 1,
     block_inputs_train: torch.Tensor | None = None,
     block_inputs_test: torch.Tensor | None = None,
     seed: int = 0,
@@ -279,7 +293,8 @@ def attack_curves(
     ``attackers`` is a subset of :data:`ATTACKERS` (see the module docstring). The probes run
     ``epochs`` epochs; the two fine-tuning attackers ``finetune_epochs`` (default ``epochs``) with
     AdamW at step ``eta``, batch ``batch_size``, starting from a zero head of ``train``'s classes.
-    Returns ``{attacker: array of epochs + 1 accuracies}``, the first for the untrained head.
+    Returns ``{attacker: array of epochs · evals_per_epoch + 1 accuracies}``: the first for the
+    untrained head, then one after every 1/``evals_per_epoch`` of an epoch.
     ``block_inputs_train``/``_test`` (from :func:`immulib.networks.block_inputs` of any model with the same frozen
     layers, e.g. θ0) save recomputing the frozen part; they are checked on two samples.
     """
@@ -292,7 +307,12 @@ def attack_curves(
     ft_epochs = epochs if finetune_epochs is None else v.integer(finetune_epochs, "finetune_epochs", 1)
     bs, eta = v.integer(batch_size, "batch_size", 1), v.positive(eta, "eta")
     dev, seed = v.device(device), v.integer(seed, "seed", 0)
+    evals = v.integer(evals_per_epoch, "evals_per_epoch", 1)
     n_classes = num_classes(train, "train")
+    if len(train) < bs:
+        raise ValueError(f"batch_size {bs} is larger than train ({len(train)} samples)")
+    if evals > len(train) // bs:
+        raise ValueError(f"evals_per_epoch must be <= {len(train) // bs} (the batches in an epoch), got {evals}")
     y_tr = torch.cat([torch.as_tensor(y) for _, y in DataLoader(train, batch_size=1024)])
     y_te = torch.cat([torch.as_tensor(y) for _, y in DataLoader(test, batch_size=1024)])
     z = {}
@@ -306,28 +326,30 @@ def attack_curves(
         f_tr, f_te = _suffix_features(model, z["train"], dev).double(), _suffix_features(model, z["test"], dev).double()
         if "probe" in attackers:
             out["probe"] = np.array(_probe(f_tr, y_tr, f_te, y_te, n_classes, epochs, bs,
-                                           torch.Generator().manual_seed(seed)))
+                                           torch.Generator().manual_seed(seed), evals))
         if "probe_std" in attackers:
             mu, sd = f_tr.mean(0), f_tr.std(0)
             sd = torch.where(sd > 0, sd, torch.ones_like(sd))
             out["probe_std"] = np.array(_probe((f_tr - mu) / sd, y_tr, (f_te - mu) / sd, y_te, n_classes, epochs, bs,
-                                               torch.Generator().manual_seed(seed)))
+                                               torch.Generator().manual_seed(seed), evals))
     if "finetune_block" in attackers:
         out["finetune_block"] = np.array(_finetune(model, z["train"], y_tr, z["test"], y_te, n_classes, ft_epochs, bs,
-                                                   eta, torch.Generator().manual_seed(seed), dev, whole=False))
+                                                   eta, torch.Generator().manual_seed(seed), dev, False, evals))
     if "finetune_all" in attackers:
         x_tr, _ = _images(train)
         x_te, _ = _images(test)
         out["finetune_all"] = np.array(_finetune(model, x_tr, y_tr, x_te, y_te, n_classes, ft_epochs, bs, eta,
-                                                 torch.Generator().manual_seed(seed), dev, whole=True))
+                                                 torch.Generator().manual_seed(seed), dev, True, evals))
     return {a: out[a] for a in attackers}
 
 
-def epochs_to_target(curve, target: float) -> float:
-    """The first epoch at which ``curve`` (accuracies, epoch 0 first) reaches ``target``; ``inf`` if never."""
+def epochs_to_target(curve, target: float, *, evals_per_epoch: int = 1) -> float:
+    """The first time, in epochs, at which ``curve`` (accuracies, time 0 first, ``evals_per_epoch``
+    points per epoch) reaches ``target``; ``inf`` if it never does."""
     curve = np.asarray(curve, dtype=float)
     if curve.ndim != 1 or curve.size == 0:
         raise ValueError(f"curve must be a non-empty 1-d array of accuracies, got shape {curve.shape}")
     target = v.number(target, "target", minimum=0.0, maximum=1.0)
+    evals = v.integer(evals_per_epoch, "evals_per_epoch", 1)
     hit = np.nonzero(curve >= target)[0]
-    return float(hit[0]) if hit.size else float("inf")
+    return float(hit[0]) / evals if hit.size else float("inf")

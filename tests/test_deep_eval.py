@@ -69,11 +69,11 @@ def test_rir_theta0_matches_a_direct_computation(immunized):
 def test_attack_curves_every_attacker_learns_a_separable_task():
     m = tiny("resnet18").eval()
     train, test = separable_data(60), separable_data(30, seed=1)
-    curves = deep_eval.attack_curves(m, train, test, epochs=8, eta=1e-2, batch_size=8)
+    curves = deep_eval.attack_curves(m, train, test, epochs=8, eta=1e-2, batch_size=8, evals_per_epoch=2)
     assert list(curves) == list(deep_eval.ATTACKERS)
     y = test.labels
     for name, c in curves.items():
-        assert c.shape == (9,), name
+        assert c.shape == (17,), name
         assert c[0] == pytest.approx(float((y == 0).float().mean())), name  # a zero head predicts class 0
         assert c[-1] > c[0] + 0.2, name
     assert deep_eval.epochs_to_target(curves["finetune_all"], 0.0) == 0.0
@@ -88,7 +88,8 @@ def test_attack_curves_reuse_block_inputs_and_refuse_foreign_ones(immunized):
                                 block_inputs_train=zt, block_inputs_test=ze)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="block_inputs_train"):
-        deep_eval.attack_curves(im, train, test, attackers="probe", epochs=1, block_inputs_train=zt + 1.0)
+        deep_eval.attack_curves(im, train, test, attackers="probe", epochs=1, batch_size=8,
+                                block_inputs_train=zt + 1.0)
     with pytest.raises(ValueError, match="attackers"):
         deep_eval.attack_curves(im, train, test, attackers=["sgd"], epochs=1)
 
@@ -96,6 +97,7 @@ def test_attack_curves_reuse_block_inputs_and_refuse_foreign_ones(immunized):
 def test_epochs_to_target():
     assert deep_eval.epochs_to_target([0.1, 0.5, 0.8, 0.9], 0.8) == 2.0
     assert deep_eval.epochs_to_target([0.1, 0.5], 0.8) == math.inf
+    assert deep_eval.epochs_to_target([0.1, 0.5, 0.8, 0.9], 0.8, evals_per_epoch=4) == 0.5
     with pytest.raises(ValueError, match="target"):
         deep_eval.epochs_to_target([0.1], 1.5)
 
