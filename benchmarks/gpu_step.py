@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from immulib import deep_train, networks, regularizers  # noqa: E402
-from immulib.linalg import numerical_rank  # noqa: E402
+from immulib import deep_train, networks, regularizers
+from immulib.linalg import numerical_rank
 
 
 def r_ill_eigh(S: torch.Tensor, *, k: int | None = None) -> torch.Tensor:

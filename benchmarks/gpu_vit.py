@@ -42,8 +42,16 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from immulib import data, deep_eval, deep_objective, deep_train, image_data, networks, regularizers  # noqa: E402
-from immulib.linalg import condition_number  # noqa: E402
+from immulib import (
+    data,
+    deep_eval,
+    deep_objective,
+    deep_train,
+    image_data,
+    networks,
+    regularizers,
+)
+from immulib.linalg import condition_number
 
 FEATURE_RTOL = 1e-4  # max |f_cpu − f_cuda| / max |f_cpu|
 LOG_KAPPA_ATOL = 0.05  # |log κ_cpu − log κ_cuda| of a 100-sample feature Gram matrix
@@ -131,7 +139,7 @@ def vit_run(cfg, dp, dh, dev, pretrain_seconds) -> dict:
     z = {k: v.to("cpu") for k, v in z.items()}
     out = {"model": cfg["vit"], "img_size": cfg["img"], "imagenet_weights": pretrained, "pretrain_steps": n_steps,
            "pretrain_seconds": pretrain_seconds, "acc_p_theta0": acc0}
-    probe = lambda m: deep_eval.attack_curves(m, dh_tr, dh_te, attackers=["probe"], epochs=cfg["probe_epochs"],  # noqa: E731
+    probe = lambda m: deep_eval.attack_curves(m, dh_tr, dh_te, attackers=["probe"], epochs=cfg["probe_epochs"],
                                               batch_size=cfg["batch"], device=dev)["probe"].tolist()
     out["probe_theta0"] = probe(theta0)
     print(f"2. {cfg['vit']} at {cfg['img']} px ({'ImageNet weights' if pretrained else 'random init'}), "
@@ -199,7 +207,7 @@ def throughput(cfg, dev) -> dict:
         print(f"3. {name} at {cfg['img']} px, batch {b} per task: {row['regularized']['steps_per_s']:.2f} steps/s "
               f"({row['regularized']['images_per_s']:.0f} images/s){mem}; without regularizers "
               f"{row['plain']['steps_per_s']:.2f} steps/s: overhead × {row['overhead']:.2f}", flush=True)
-        del model, net, opt
+
     return out
 
 

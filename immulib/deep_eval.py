@@ -28,15 +28,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader, Subset
 
 from . import _validate as v
 from .deep_objective import feature_gram
 from .image_data import check_dataset, num_classes
 from .linalg import condition_number
 from .metrics import RIR
-from .networks import (FeaturesAndLogits, architecture, block_inputs, check_block_inputs, exact_float32,
-                       forward_from_block, forward_to_block)
+from .networks import (
+    FeaturesAndLogits,
+    architecture,
+    block_inputs,
+    check_block_inputs,
+    exact_float32,
+    forward_from_block,
+    forward_to_block,
+)
 
 __all__ = ["ATTACKERS", "accuracy", "attack_curves", "epochs_to_target", "extract_features",
            "rir_theta0", "rir_theta0_groups"]
@@ -185,8 +192,8 @@ def rir_theta0(theta0: nn.Module, immunized: nn.Module, data_p, data_h, **kwargs
     groups' condition numbers.
     """
     groups = rir_theta0_groups(theta0, immunized, data_p, data_h, **kwargs)
-    mean = lambda key: float(np.mean([getattr(g, key) for g in groups]))  # noqa: E731
-    gmean = lambda key: float(np.exp(np.mean([np.log(getattr(g, key)) for g in groups])))  # noqa: E731
+    mean = lambda key: float(np.mean([getattr(g, key) for g in groups]))
+    gmean = lambda key: float(np.exp(np.mean([np.log(getattr(g, key)) for g in groups])))
     return RIR(mean("i"), mean("ii"), mean("rir"), gmean("kappa_H"), gmean("kappa_H_ref"), gmean("kappa_P"),
                gmean("kappa_P_ref"))
 
@@ -202,11 +209,11 @@ def _eval_points(n_batches: int, evals_per_epoch: int) -> set[int]:
 
 def _probe(f_tr, y_tr, f_te, y_te, n_classes, epochs, batch_size, gen, evals) -> list[float]:
     """Mini-batch SGD on a linear head with bias (zero start), step 1/λ_max(X̃ᵀX̃/N)."""
-    aug = lambda f: torch.cat([f, torch.ones(len(f), 1, dtype=torch.float64)], 1)  # noqa: E731
+    aug = lambda f: torch.cat([f, torch.ones(len(f), 1, dtype=torch.float64)], 1)
     a_tr, a_te = aug(f_tr.double()), aug(f_te.double())
     eta = 1.0 / float(torch.linalg.matrix_norm(a_tr, 2) ** 2 / len(a_tr))
     w = torch.zeros(a_tr.shape[1], n_classes, dtype=torch.float64)
-    acc = lambda: float(((a_te @ w).argmax(1) == y_te).double().mean())  # noqa: E731
+    acc = lambda: float(((a_te @ w).argmax(1) == y_te).double().mean())
     accs = [acc()]
     n_batches = -(-len(a_tr) // batch_size)
     points = _eval_points(n_batches, evals)

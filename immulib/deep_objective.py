@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._validate import choice, device as check_device, integer, nonneg, positive
+from ._validate import choice, integer, nonneg, positive
+from ._validate import device as check_device
 from .image_data import batches, check_dataset, num_classes
 from .linalg import gram, rank_tolerance
 from .networks import FeaturesAndLogits, freeze

@@ -21,8 +21,8 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -31,9 +31,20 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from . import _validate as v
-from .deep_objective import METHODS, immunization_loss, log_condition_number, feature_gram
+from .deep_objective import (
+    METHODS,
+    feature_gram,
+    immunization_loss,
+    log_condition_number,
+)
 from .image_data import batches, check_dataset, fingerprint, num_classes
-from .networks import FeaturesAndLogits, architecture, check_block_inputs, check_inputs, freeze
+from .networks import (
+    FeaturesAndLogits,
+    architecture,
+    check_block_inputs,
+    check_inputs,
+    freeze,
+)
 from .results import ImmunizationResult
 
 __all__ = ["immunization_step", "immunize_model", "pretrain", "pretrain_cache_path"]

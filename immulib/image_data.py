@@ -8,8 +8,8 @@ has an int ``num_classes``; labels are checked against it when the dataset is ma
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -18,9 +18,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from ._validate import integer, number
 
 __all__ = [
-    "ArrayDataset",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ArrayDataset",
     "ImageFolderDataset",
     "batches",
     "check_dataset",
@@ -176,7 +176,7 @@ def image_folder_splits(
     n_test = max(1, int(round(frac * len(full))))
     if n_test >= len(full):
         raise ValueError(f"root {root} has too few images ({len(full)}) for a train/test split")
-    pick = lambda idx: [full.files[i] for i in sorted(idx)]  # noqa: E731
+    pick = lambda idx: [full.files[i] for i in sorted(idx)]
     return (
         ImageFolderDataset(root, img_size=img_size, files=pick(perm[n_test:])),
         ImageFolderDataset(root, img_size=img_size, files=pick(perm[:n_test])),

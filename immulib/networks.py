@@ -22,7 +22,7 @@ a noise floor right where R_ill pushes the smallest singular values (chapter
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from deep_helpers import TINY, fake_image_folder, tiny
+
 from immulib import deep_ddp, networks
 
 ROOT = Path(__file__).resolve().parent.parent

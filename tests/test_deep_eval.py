@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from deep_helpers import TINY, fake_image_folder, separable_data, tiny, tiny_data
+
 from immulib import deep_eval, deep_objective, deep_train, image_data, linalg, networks
 from immulib.metrics import RIR
 
@@ -53,7 +53,7 @@ def test_rir_theta0_matches_a_direct_computation(immunized):
     groups = deep_eval.rir_theta0_groups(m, im, dp, dh, n_groups=2, group_size=10, seed=3)
     rng = np.random.default_rng(3)
     ip, ih = rng.choice(len(dp), 10, replace=False), rng.choice(len(dh), 10, replace=False)
-    kappa = lambda model, ds, idx: linalg.condition_number(  # noqa: E731
+    kappa = lambda model, ds, idx: linalg.condition_number(
         deep_objective.feature_gram(deep_eval.extract_features(model, ds, indices=idx)[0]))
     expected = (kappa(im, dh, ih) / kappa(m, dh, ih)) / (kappa(im, dp, ip) / kappa(m, dp, ip))
     assert groups[0].rir == pytest.approx(expected, rel=1e-9)

@@ -4,12 +4,12 @@ import copy
 
 import pytest
 import torch
+from deep_helpers import TINY, tiny, tiny_data
 from torch import nn
 
-from deep_helpers import TINY, tiny, tiny_data
 from immulib import deep_eval, networks
-from immulib.regularizers import r_ill, r_well
 from immulib.deep_objective import feature_gram
+from immulib.regularizers import r_ill, r_well
 
 pytestmark = pytest.mark.filterwarnings("ignore::immulib.regularizers.NonUniqueSingularValueWarning")
 

@@ -5,8 +5,8 @@ import math
 import pandas as pd
 import pytest
 import torch
-
 from deep_helpers import TINY, param_dict, separable_data, tiny, tiny_data
+
 from immulib import deep_eval, deep_objective, deep_train, image_data, linalg, networks
 from immulib.regularizers import r_ill, r_well
 from immulib.results import ImmunizationResult
@@ -25,7 +25,7 @@ def test_immunization_loss_matches_its_formula():
     logits, y = torch.randn(10, 3, generator=g), torch.randint(0, 3, (10,), generator=g)
     task = torch.nn.functional.cross_entropy(logits, y)
     Hp, Hh = fp.T @ fp, fh.T @ fh
-    loss = lambda m, **kw: deep_objective.immunization_loss(fp, logits, y, fh, method=m, lam_P=0.5, lam_H=2.0, **kw)  # noqa: E731
+    loss = lambda m, **kw: deep_objective.immunization_loss(fp, logits, y, fh, method=m, lam_P=0.5, lam_H=2.0, **kw)
     assert float(loss("ours")[0]) == pytest.approx(float(task + 0.5 * r_well(Hp) + 2.0 * r_ill(Hh)), rel=1e-12)
     assert float(loss("r_ill_only")[0]) == pytest.approx(float(task + 2.0 * r_ill(Hh)), rel=1e-12)
     kappa, parts = loss("opt_kappa")
@@ -48,8 +48,8 @@ def test_regularizer_fns_swap_the_implementation():
     fp, fh = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
     logits, y = torch.randn(8, 3, generator=g), torch.randint(0, 3, (8,), generator=g)
     calls = []
-    ill = lambda H, k=None: calls.append("ill") or torch.zeros((), dtype=torch.float64)  # noqa: E731
-    well = lambda H: calls.append("well") or torch.ones((), dtype=torch.float64)  # noqa: E731
+    ill = lambda H, k=None: calls.append("ill") or torch.zeros((), dtype=torch.float64)
+    well = lambda H: calls.append("well") or torch.ones((), dtype=torch.float64)
     loss, _ = deep_objective.immunization_loss(fp, logits, y, fh, lam_P=3.0, lam_H=1.0, regularizer_fns=(ill, well))
     assert calls == ["ill", "well"]
     assert float(loss) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)) + 3.0)
@@ -81,7 +81,7 @@ def test_every_method_takes_finite_steps_and_reruns_identically(method):
     m = tiny("resnet18")
     lp, lh = deep_objective.balance_lambdas(m, tiny_data(), tiny_data(seed=1), method=method, batch_size=8)
     assert lp >= 0 and lh > 0 and (lp == 0) == (method in ("r_ill_only", "imma"))
-    run = lambda seed: deep_train.immunize_model(  # noqa: E731
+    run = lambda seed: deep_train.immunize_model(
         m, tiny_data(), tiny_data(seed=1), method=method, lam_P=lp, lam_H=lh, steps=2, batch_size=8, seed=seed,
         progress=False).model
     a, b, c = param_dict(run(0)), param_dict(run(0)), param_dict(run(1))
