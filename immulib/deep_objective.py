@@ -15,9 +15,10 @@ formed in float64 from float32 features (:func:`feature_gram`). The methods (:da
 * ``"opt_kappa"``: L(D_P) + λ_H / log κ(H̃_H) + λ_P · log κ(H̃_P), κ through ``eigvalsh``;
 * ``"constrained"``: Definition 3.1 as a constrained problem, maximise κ(H̃_H) while holding
   κ(H̃_P) at or below its value at θ0: L(D_P) + λ_H · R_ill(H̃_H) + λ_P · max(0, log κ(H̃_P) −
-  log κ(H̃_P(θ0))), an exact penalty whose reference is θ0 on the same batch. λ_P is chosen so
-  that a violated constraint pulls harder than the other two terms together
-  (:func:`balance_lambdas`), so the iterate returns to the feasible side.
+  log κ(H̃_P(θ0))), an exact penalty whose reference is θ0 on the same batch, applied as a
+  switching method: on a batch where the constraint holds the step is L(D_P) + λ_H · R_ill(H̃_H);
+  where it is violated, the step is L(D_P) + λ_P · (log κ(H̃_P) − log κ(H̃_P(θ0))) only, which
+  moves back towards the feasible side. λ_P is set by :func:`balance_lambdas`.
 
 Chapter: "Deep networks: immunizing the last block" (``book/07_deep_nets.md``).
 """
@@ -48,6 +49,8 @@ METHODS: tuple[str, ...] = ("ours", "r_ill_only", "imma", "opt_kappa", "constrai
 
 #: A violated constraint pulls this many times harder than the other terms together (at θ0).
 CONSTRAINT_MARGIN = 2.0
+#: Violations below this (in log κ) are rounding: at θ0 the two log κ differ by about 1e-14.
+CONSTRAINT_SLACK = 1e-6
 
 
 def feature_gram(features: torch.Tensor) -> torch.Tensor:
@@ -149,7 +152,8 @@ def immunization_loss(
         log_kp = log_condition_number(H_p, k=min(feats_p.shape))
         violation = torch.relu(log_kp - float(log_kappa_p_ref))
         parts.update(log_kappa_p=float(log_kp.detach()), violation=float(violation.detach()))
-        loss = loss + lam_P * violation
+        if parts["violation"] > CONSTRAINT_SLACK:  # a switching step: restore feasibility first, R_ill waits
+            loss = task + lam_P * violation
     return loss, parts
 
 

@@ -36,7 +36,7 @@ def test_immunization_loss_matches_its_formula():
     assert parts["violation"] == 0 and float(feasible) == pytest.approx(float(task + 2.0 * r_ill(Hh)), rel=1e-12)
     violated, parts = loss("constrained", log_kappa_p_ref=log_kp - 0.25)
     assert parts["violation"] == pytest.approx(0.25, rel=1e-9)
-    assert float(violated) == pytest.approx(float(task + 2.0 * r_ill(Hh)) + 0.5 * 0.25, rel=1e-9)
+    assert float(violated) == pytest.approx(float(task) + 0.5 * 0.25, rel=1e-9)  # switching: R_ill waits
     with pytest.raises(ValueError, match="log_kappa_p_ref"):
         loss("constrained")
     with pytest.raises(ValueError, match="imma"):
@@ -89,8 +89,8 @@ def test_every_method_takes_finite_steps_and_reruns_identically(method):
     assert any(not torch.equal(a[n], c[n]) for n in a)
 
 
-def test_constrained_method_holds_kappa_p_near_theta0():
-    """With the constraint active, (ii) of RIR_θ0 stays near 1 while R_ill alone lets it drift."""
+def test_constrained_method_records_its_constraint_and_does_no_worse_than_r_ill_only():
+    """The constrained method's (ii) is no larger than R_ill Only's (or 1), on a small task."""
     m = tiny("resnet18", num_classes=3).eval()
     dp, dh = separable_data(96), tiny_data(96, seed=3)
     res = {}
