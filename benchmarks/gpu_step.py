@@ -1,19 +1,22 @@
 """One immunization step of ViT-B/16: closed-form regularizer backward vs autograd through eigvalsh.
 
 Compares, in the same process and on the same model and batches, one step of the paper's deep-net
-objective L(D_P) + λ_P·R_well(H̃_P) + λ_H·R_ill(H̃_H) (``immulib.deep.immunization_step`` with
+objective L(D_P) + λ_P·R_well(H̃_P) + λ_H·R_ill(H̃_H) (``immulib.deep_train.immunization_step`` with
 the last block and head trainable, float64 768 × 768 Gram matrices) with two implementations of
 the regularizers:
 
+The implementation is swapped through the library's own argument
+``immulib.deep_train.immunization_step(..., regularizer_fns=(r_ill, r_well))``:
+
 * **closed form**: ``immulib.regularizers.r_ill`` / ``r_well``, whose backward is Eq. (13) and
   σ₁v₁v₁ᵀ − S/p (one ``eigh`` in the forward pass, none in the backward);
-* **eigh autograd** (the baseline, :mod:`immulib.reference`): the same formulas on the eigenvalues of
+* **eigh autograd** (the baseline, written below): the same formulas on the eigenvalues of
   ``torch.linalg.eigvalsh`` with autograd, as the authors' code does.
 
 Prints images per second (median over ``--repeats`` timed steps, both tasks' images counted) and,
 on CUDA, peak GPU memory; the last line is the throughput ratio closed form / eigh autograd.
 Default: ViT-B/16 at 224 pixels with random weights and synthetic images, batch 64 per task,
-on CUDA if available (bfloat16 autocast for the network). ``--quick``: a tiny ViT on CPU-sized
+on CUDA if available (features in float32 with autocast off). ``--quick``: a tiny ViT on CPU-sized
 inputs that finishes in well under a minute on 2 CPU cores.
 """
 
@@ -21,13 +24,29 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
-from immulib import deep, regularizers
-from immulib.reference import r_ill_eigh, r_well_eigh
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from immulib import deep_train, networks, regularizers
+from immulib.linalg import numerical_rank
+
+
+def r_ill_eigh(S: torch.Tensor, *, k: int | None = None) -> torch.Tensor:
+    """R_ill (Eq. (12)) with autograd through eigvalsh; k defaults to the numerical rank of S."""
+    k = numerical_rank(S.detach()) if k is None else k
+    lam = torch.linalg.eigvalsh(S).flip(0)
+    return 1 / ((S * S).sum() / (2 * k) - lam[k - 1] ** 2 / 2)
+
+
+def r_well_eigh(S: torch.Tensor) -> torch.Tensor:
+    """R_well (Eq. (3)) with autograd through eigvalsh; p = dimension of S."""
+    lam = torch.linalg.eigvalsh(S).flip(0)
+    return lam[0] ** 2 / 2 - (S * S).sum() / (2 * S.shape[0])
 
 
 def run(args) -> None:
@@ -38,37 +57,33 @@ def run(args) -> None:
         name, kw, img, batch = "vit_tiny_patch16_224", dict(patch_size=8, depth=2), 32, 16
     else:
         name, kw, img, batch = "vit_base_patch16_224", {}, 224, args.batch_size
-    model = deep.create_model(name, num_classes=1000, in_chans=3, img_size=img, seed=0, **kw).to(device).eval()
-    trainable = set(deep.freeze(model))
+    model = networks.create_model(name, num_classes=1000, in_chans=3, img_size=img, seed=0, **kw).to(device).eval()
+    trainable = set(networks.freeze(model))
     params = [p for n, p in model.named_parameters() if n in trainable]
     opt = torch.optim.SGD(params, lr=1e-6, momentum=0.9)  # tiny steps: the spectrum stays comparable
-    net = deep.FeaturesAndLogits(model)
+    net = networks.FeaturesAndLogits(model)
     g = torch.Generator().manual_seed(0)
     batch_p = (torch.randn(batch, 3, img, img, generator=g), torch.randint(0, 1000, (batch,), generator=g))
     batch_h = (torch.randn(batch, 3, img, img, generator=g), torch.randint(0, 1000, (batch,), generator=g))
     variants = {"closed form": (regularizers.r_ill, regularizers.r_well), "eigh autograd": (r_ill_eigh, r_well_eigh)}
     times = {v: [] for v in variants}
     peak = {v: 0 for v in variants}
-    original = (deep.r_ill, deep.r_well)
     print(f"{name} at {img} px, batch {batch} per task, device {device} "
           f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
           f"feature dimension {model.num_features}, {args.repeats} timed steps per variant (after 1 warm-up)")
-    try:
-        for rep in range(args.repeats + 1):
-            for variant, (ill, well) in variants.items():
-                deep.r_ill, deep.r_well = ill, well  # immunization_loss looks them up in immulib.deep
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                    torch.cuda.reset_peak_memory_stats(device)
-                t = time.perf_counter()
-                deep.immunization_step(net, batch_p, batch_h, opt, device=device, lambda_p=1e-9, lambda_h=1.0)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                    peak[variant] = max(peak[variant], torch.cuda.max_memory_allocated(device))
-                if rep > 0:
-                    times[variant].append(time.perf_counter() - t)
-    finally:
-        deep.r_ill, deep.r_well = original
+    for rep in range(args.repeats + 1):
+        for variant, fns in variants.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            t = time.perf_counter()
+            deep_train.immunization_step(net, batch_p, batch_h, opt, device=device, method="ours", lam_P=1e-9,
+                                         lam_H=1.0, regularizer_fns=fns)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                peak[variant] = max(peak[variant], torch.cuda.max_memory_allocated(device))
+            if rep > 0:
+                times[variant].append(time.perf_counter() - t)
     rate = {}
     for variant in variants:
         med = statistics.median(times[variant])
