@@ -45,20 +45,30 @@ from .networks import (
     forward_to_block,
 )
 
-__all__ = ["ATTACKERS", "accuracy", "attack_curves", "epochs_to_target", "extract_features",
-           "rir_theta0", "rir_theta0_groups"]
+__all__ = [
+    "ATTACKERS",
+    "accuracy",
+    "attack_curves",
+    "epochs_to_target",
+    "extract_features",
+    "rir_theta0",
+    "rir_theta0_groups",
+]
 
 #: The attackers of :func:`attack_curves`, weakest first.
 ATTACKERS: tuple[str, ...] = ("probe", "probe_std", "finetune_block", "finetune_all")
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, data, *, indices=None, batch_size: int = 256,
-                     device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    model: nn.Module, data, *, indices=None, batch_size: int = 256, device="cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, labels) of ``data`` (or of ``data[indices]``) on the CPU, features float32.
 
     The features are computed in float32 with autocast (and TF32) off, even inside an autocast
     region, so a Gram matrix made from them has no bfloat16 rounding floor. Eval mode.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     net = FeaturesAndLogits(model)
     dev = v.device(device)
@@ -75,32 +85,59 @@ def extract_features(model: nn.Module, data, *, indices=None, batch_size: int = 
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, data, *, block_inputs: torch.Tensor | None = None, batch_size: int = 256,
-             device="cpu") -> float:
+def accuracy(
+    model: nn.Module,
+    data,
+    *,
+    block_inputs: torch.Tensor | None = None,
+    batch_size: int = 256,
+    device="cpu",
+) -> float:
     """Fraction of ``data`` that ``model`` (features and its own head) classifies correctly.
 
     ``block_inputs`` (:func:`immulib.networks.block_inputs` of ``data`` through θ0) skips the frozen part.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     dev = v.device(device)
     data = check_dataset(data, "data")
     bs = v.integer(batch_size, "batch_size", 1)
     model.to(dev).eval()
-    labels = torch.cat([torch.as_tensor(y) for _, y in DataLoader(data, batch_size=1024)])
+    labels = torch.cat(
+        [torch.as_tensor(y) for _, y in DataLoader(data, batch_size=1024)]
+    )
     if block_inputs is not None:
         z = check_block_inputs(model, data, block_inputs, "block_inputs", device=dev)
         net = FeaturesAndLogits(model, from_block=True)
-        pred = torch.cat([net(z[s:s + bs].to(dev))[1].argmax(1).cpu() for s in range(0, len(z), bs)])
+        pred = torch.cat(
+            [
+                net(z[s : s + bs].to(dev))[1].argmax(1).cpu()
+                for s in range(0, len(z), bs)
+            ]
+        )
     else:
         net = FeaturesAndLogits(model)
-        pred = torch.cat([net(x.to(dev))[1].argmax(1).cpu() for x, _ in DataLoader(data, batch_size=bs)])
+        pred = torch.cat(
+            [
+                net(x.to(dev))[1].argmax(1).cpu()
+                for x, _ in DataLoader(data, batch_size=bs)
+            ]
+        )
     return float((pred == labels).double().mean())
 
 
 @torch.no_grad()
-def _suffix_features(model: nn.Module, z: torch.Tensor, dev, batch_size: int = 256) -> torch.Tensor:
+def _suffix_features(
+    model: nn.Module, z: torch.Tensor, dev, batch_size: int = 256
+) -> torch.Tensor:
     model.to(dev).eval()
     net = FeaturesAndLogits(model, from_block=True)
-    return torch.cat([net(z[s:s + batch_size].to(dev))[0].float().cpu() for s in range(0, len(z), batch_size)])
+    return torch.cat(
+        [
+            net(z[s : s + batch_size].to(dev))[0].float().cpu()
+            for s in range(0, len(z), batch_size)
+        ]
+    )
 
 
 def _shares_parameters(a: nn.Module, b: nn.Module) -> bool:
@@ -134,6 +171,8 @@ def rir_theta0_groups(
     ``theta0`` must be a separate copy taken *before* immunization: the authors' released
     evaluation passes the same model twice and always reports 1.0 (their GitHub issue #1), so a
     ``ValueError`` is raised if the two models are the same object or share any parameter.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     architecture(theta0), architecture(immunized)
     if theta0 is immunized or _shares_parameters(theta0, immunized):
@@ -141,15 +180,25 @@ def rir_theta0_groups(
             "theta0 and immunized are the same model (or share parameters): RIR_θ0 would be 1 by "
             "construction. Keep a copy of θ0 taken before immunization (copy.deepcopy(model))."
         )
-    n_groups, group_size = v.integer(n_groups, "n_groups", 1), v.integer(group_size, "group_size", 2)
+    n_groups, group_size = (
+        v.integer(n_groups, "n_groups", 1),
+        v.integer(group_size, "group_size", 2),
+    )
     data_p, data_h = check_dataset(data_p, "data_p"), check_dataset(data_h, "data_h")
     dev = v.device(device)
     for name, ds in (("data_p", data_p), ("data_h", data_h)):
         if group_size > len(ds):
-            raise ValueError(f"group_size {group_size} is larger than {name} ({len(ds)} samples)")
+            raise ValueError(
+                f"group_size {group_size} is larger than {name} ({len(ds)} samples)"
+            )
     rng = np.random.default_rng(v.integer(seed, "seed", 0))
-    groups = [(rng.choice(len(data_p), group_size, replace=False), rng.choice(len(data_h), group_size, replace=False))
-              for _ in range(n_groups)]
+    groups = [
+        (
+            rng.choice(len(data_p), group_size, replace=False),
+            rng.choice(len(data_h), group_size, replace=False),
+        )
+        for _ in range(n_groups)
+    ]
     same_prefix = _same_frozen_part(theta0, immunized)
     kappa = {}
     for which, ds, given in ((0, data_p, block_inputs_p), (1, data_h, block_inputs_h)):
@@ -158,15 +207,27 @@ def rir_theta0_groups(
         if given is None:
             z = block_inputs(theta0, ds, indices=idx, batch_size=batch_size, device=dev)
         else:
-            z = check_block_inputs(theta0, ds, given, "block_inputs_" + "ph"[which], device=dev)[torch.as_tensor(idx)]
+            z = check_block_inputs(
+                theta0, ds, given, "block_inputs_" + "ph"[which], device=dev
+            )[torch.as_tensor(idx)]
         for tag, model in (("0", theta0), ("I", immunized)):
             if tag == "I" and not same_prefix:
-                z = block_inputs(model, ds, indices=idx, batch_size=batch_size, device=dev)
+                z = block_inputs(
+                    model, ds, indices=idx, batch_size=batch_size, device=dev
+                )
             feats = _suffix_features(model, z, dev, batch_size)
-            kappa[tag, which] = [condition_number(feature_gram(feats[[row[int(j)] for j in g[which]]])) for g in groups]
+            kappa[tag, which] = [
+                condition_number(feature_gram(feats[[row[int(j)] for j in g[which]]]))
+                for g in groups
+            ]
     out = []
     for g in range(n_groups):
-        kH, kH0, kP, kP0 = kappa["I", 1][g], kappa["0", 1][g], kappa["I", 0][g], kappa["0", 0][g]
+        kH, kH0, kP, kP0 = (
+            kappa["I", 1][g],
+            kappa["0", 1][g],
+            kappa["I", 0][g],
+            kappa["0", 0][g],
+        )
         out.append(RIR(kH / kH0, kP / kP0, (kH / kH0) / (kP / kP0), kH, kH0, kP, kP0))
     return out
 
@@ -180,22 +241,41 @@ def _same_frozen_part(a: nn.Module, b: nn.Module) -> bool:
         return False
     block = "layer4." if architecture(a) == "resnet" else f"blocks.{len(a.blocks) - 1}."
     head = {f"{n}." for n, m in a.named_modules() if m is a.get_classifier()}
-    return all(torch.equal(sa[n].cpu(), sb[n].cpu()) for n in sa
-               if not n.startswith(block) and not any(n.startswith(h) for h in head))
+    return all(
+        torch.equal(sa[n].cpu(), sb[n].cpu())
+        for n in sa
+        if not n.startswith(block) and not any(n.startswith(h) for h in head)
+    )
 
 
-def rir_theta0(theta0: nn.Module, immunized: nn.Module, data_p, data_h, **kwargs) -> RIR:
+def rir_theta0(
+    theta0: nn.Module, immunized: nn.Module, data_p, data_h, **kwargs
+) -> RIR:
     """RIR_θ0 (Eq. (17)) as the paper reports it: the means over the groups of :func:`rir_theta0_groups`.
 
     ``i``, ``ii`` and ``rir`` are the means of the per-group values (so ``rir`` is the mean of the
     per-group ratios, not ``i / ii``); the ``kappa_*`` fields are the geometric means of the
     groups' condition numbers.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     groups = rir_theta0_groups(theta0, immunized, data_p, data_h, **kwargs)
-    mean = lambda key: float(np.mean([getattr(g, key) for g in groups]))
-    gmean = lambda key: float(np.exp(np.mean([np.log(getattr(g, key)) for g in groups])))
-    return RIR(mean("i"), mean("ii"), mean("rir"), gmean("kappa_H"), gmean("kappa_H_ref"), gmean("kappa_P"),
-               gmean("kappa_P_ref"))
+
+    def mean(key):
+        return float(np.mean([getattr(g, key) for g in groups]))
+
+    def gmean(key):
+        return float(np.exp(np.mean([np.log(getattr(g, key)) for g in groups])))
+
+    return RIR(
+        mean("i"),
+        mean("ii"),
+        mean("rir"),
+        gmean("kappa_H"),
+        gmean("kappa_H_ref"),
+        gmean("kappa_P"),
+        gmean("kappa_P_ref"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,23 +284,34 @@ def rir_theta0(theta0: nn.Module, immunized: nn.Module, data_p, data_h, **kwargs
 
 def _eval_points(n_batches: int, evals_per_epoch: int) -> set[int]:
     """The batch indices (0-based, within an epoch) after which the curve records an accuracy."""
-    return {max(0, round((k + 1) * n_batches / evals_per_epoch) - 1) for k in range(evals_per_epoch)}
+    return {
+        max(0, round((k + 1) * n_batches / evals_per_epoch) - 1)
+        for k in range(evals_per_epoch)
+    }
 
 
-def _probe(f_tr, y_tr, f_te, y_te, n_classes, epochs, batch_size, gen, evals) -> list[float]:
+def _probe(
+    f_tr, y_tr, f_te, y_te, n_classes, epochs, batch_size, gen, evals
+) -> list[float]:
     """Mini-batch SGD on a linear head with bias (zero start), step 1/λ_max(X̃ᵀX̃/N)."""
-    aug = lambda f: torch.cat([f, torch.ones(len(f), 1, dtype=torch.float64)], 1)
+
+    def aug(f):
+        return torch.cat([f, torch.ones(len(f), 1, dtype=torch.float64)], 1)
+
     a_tr, a_te = aug(f_tr.double()), aug(f_te.double())
     eta = 1.0 / float(torch.linalg.matrix_norm(a_tr, 2) ** 2 / len(a_tr))
     w = torch.zeros(a_tr.shape[1], n_classes, dtype=torch.float64)
-    acc = lambda: float(((a_te @ w).argmax(1) == y_te).double().mean())
+
+    def acc():
+        return float(((a_te @ w).argmax(1) == y_te).double().mean())
+
     accs = [acc()]
     n_batches = -(-len(a_tr) // batch_size)
     points = _eval_points(n_batches, evals)
     for _ in range(epochs):
         perm = torch.randperm(len(a_tr), generator=gen)
         for b in range(n_batches):
-            j = perm[b * batch_size:(b + 1) * batch_size]
+            j = perm[b * batch_size : (b + 1) * batch_size]
             p = torch.softmax(a_tr[j] @ w, 1)
             p[torch.arange(len(j)), y_tr[j]] -= 1
             w -= eta * a_tr[j].T @ p / len(j)  # the cross-entropy gradient
@@ -229,8 +320,21 @@ def _probe(f_tr, y_tr, f_te, y_te, n_classes, epochs, batch_size, gen, evals) ->
     return accs
 
 
-def _finetune(model, z_tr, y_tr, z_te, y_te, n_classes, epochs, batch_size, eta, gen, dev, whole,
-              evals) -> list[float]:
+def _finetune(
+    model,
+    z_tr,
+    y_tr,
+    z_te,
+    y_te,
+    n_classes,
+    epochs,
+    batch_size,
+    eta,
+    gen,
+    dev,
+    whole,
+    evals,
+) -> list[float]:
     """A new zero head on D_H, trained with AdamW together with the block (or the whole network)."""
     m = copy.deepcopy(model).to(dev).eval()
     m.reset_classifier(n_classes)
@@ -239,18 +343,33 @@ def _finetune(model, z_tr, y_tr, z_te, y_te, n_classes, epochs, batch_size, eta,
         nn.init.zeros_(p)
     for p in m.parameters():
         p.requires_grad_(whole)
-    for p in list(head.parameters()) + ([] if whole else list(m.layer4.parameters() if architecture(m) == "resnet"
-                                                             else m.blocks[-1].parameters())):
+    for p in list(head.parameters()) + (
+        []
+        if whole
+        else list(
+            m.layer4.parameters()
+            if architecture(m) == "resnet"
+            else m.blocks[-1].parameters()
+        )
+    ):
         p.requires_grad_(True)
-    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=eta, weight_decay=0.0)
-    run = (lambda x: forward_from_block(m, forward_to_block(m, x))) if whole else (lambda z: forward_from_block(m, z))
+    opt = torch.optim.AdamW(
+        [p for p in m.parameters() if p.requires_grad], lr=eta, weight_decay=0.0
+    )
+    run = (
+        (lambda x: forward_from_block(m, forward_to_block(m, x)))
+        if whole
+        else (lambda z: forward_from_block(m, z))
+    )
 
     def test_acc() -> float:
         correct = 0
         with torch.no_grad(), exact_float32(dev):
             for start in range(0, len(z_te), 256):
-                _, logits = run(z_te[start:start + 256].to(dev))
-                correct += int((logits.argmax(1).cpu() == y_te[start:start + 256]).sum())
+                _, logits = run(z_te[start : start + 256].to(dev))
+                correct += int(
+                    (logits.argmax(1).cpu() == y_te[start : start + 256]).sum()
+                )
         return correct / len(z_te)
 
     accs = [test_acc()]
@@ -259,7 +378,7 @@ def _finetune(model, z_tr, y_tr, z_te, y_te, n_classes, epochs, batch_size, eta,
     for _ in range(epochs):
         perm = torch.randperm(len(z_tr), generator=gen)
         for b in range(n_batches):
-            j = perm[b * batch_size:(b + 1) * batch_size]
+            j = perm[b * batch_size : (b + 1) * batch_size]
             with exact_float32(dev):
                 _, logits = run(z_tr[j].to(dev))
                 loss = F.cross_entropy(logits, y_tr[j].to(dev))
@@ -304,6 +423,8 @@ def attack_curves(
     untrained head, then one after every 1/``evals_per_epoch`` of an epoch.
     ``block_inputs_train``/``_test`` (from :func:`immulib.networks.block_inputs` of any model with the same frozen
     layers, e.g. θ0) save recomputing the frozen part; they are checked on two samples.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     architecture(model)
     train, test = check_dataset(train, "train"), check_dataset(test, "test")
@@ -311,7 +432,11 @@ def attack_curves(
     for a in attackers:
         v.choice(a, "attackers", ATTACKERS)
     epochs = v.integer(epochs, "epochs", 1)
-    ft_epochs = epochs if finetune_epochs is None else v.integer(finetune_epochs, "finetune_epochs", 1)
+    ft_epochs = (
+        epochs
+        if finetune_epochs is None
+        else v.integer(finetune_epochs, "finetune_epochs", 1)
+    )
     bs, eta = v.integer(batch_size, "batch_size", 1), v.positive(eta, "eta")
     dev, seed = v.device(device), v.integer(seed, "seed", 0)
     evals = v.integer(evals_per_epoch, "evals_per_epoch", 1)
@@ -319,43 +444,112 @@ def attack_curves(
     if len(train) < bs:
         raise ValueError(f"batch_size {bs} is larger than train ({len(train)} samples)")
     if evals > len(train) // bs:
-        raise ValueError(f"evals_per_epoch must be <= {len(train) // bs} (the batches in an epoch), got {evals}")
-    y_tr = torch.cat([torch.as_tensor(y) for _, y in DataLoader(train, batch_size=1024)])
+        raise ValueError(
+            f"evals_per_epoch must be <= {len(train) // bs} (the batches in an epoch), got {evals}"
+        )
+    y_tr = torch.cat(
+        [torch.as_tensor(y) for _, y in DataLoader(train, batch_size=1024)]
+    )
     y_te = torch.cat([torch.as_tensor(y) for _, y in DataLoader(test, batch_size=1024)])
     z = {}
-    for key, ds, given in (("train", train, block_inputs_train), ("test", test, block_inputs_test)):
+    for key, ds, given in (
+        ("train", train, block_inputs_train),
+        ("test", test, block_inputs_test),
+    ):
         if given is None:
             z[key] = block_inputs(model, ds, device=dev)
         else:
-            z[key] = check_block_inputs(model, ds, given, f"block_inputs_{key}", device=dev)
+            z[key] = check_block_inputs(
+                model, ds, given, f"block_inputs_{key}", device=dev
+            )
     out: dict[str, np.ndarray] = {}
     if {"probe", "probe_std"} & set(attackers):
-        f_tr, f_te = _suffix_features(model, z["train"], dev).double(), _suffix_features(model, z["test"], dev).double()
+        f_tr, f_te = (
+            _suffix_features(model, z["train"], dev).double(),
+            _suffix_features(model, z["test"], dev).double(),
+        )
         if "probe" in attackers:
-            out["probe"] = np.array(_probe(f_tr, y_tr, f_te, y_te, n_classes, epochs, bs,
-                                           torch.Generator().manual_seed(seed), evals))
+            out["probe"] = np.array(
+                _probe(
+                    f_tr,
+                    y_tr,
+                    f_te,
+                    y_te,
+                    n_classes,
+                    epochs,
+                    bs,
+                    torch.Generator().manual_seed(seed),
+                    evals,
+                )
+            )
         if "probe_std" in attackers:
             mu, sd = f_tr.mean(0), f_tr.std(0)
             sd = torch.where(sd > 0, sd, torch.ones_like(sd))
-            out["probe_std"] = np.array(_probe((f_tr - mu) / sd, y_tr, (f_te - mu) / sd, y_te, n_classes, epochs, bs,
-                                               torch.Generator().manual_seed(seed), evals))
+            out["probe_std"] = np.array(
+                _probe(
+                    (f_tr - mu) / sd,
+                    y_tr,
+                    (f_te - mu) / sd,
+                    y_te,
+                    n_classes,
+                    epochs,
+                    bs,
+                    torch.Generator().manual_seed(seed),
+                    evals,
+                )
+            )
     if "finetune_block" in attackers:
-        out["finetune_block"] = np.array(_finetune(model, z["train"], y_tr, z["test"], y_te, n_classes, ft_epochs, bs,
-                                                   eta, torch.Generator().manual_seed(seed), dev, False, evals))
+        out["finetune_block"] = np.array(
+            _finetune(
+                model,
+                z["train"],
+                y_tr,
+                z["test"],
+                y_te,
+                n_classes,
+                ft_epochs,
+                bs,
+                eta,
+                torch.Generator().manual_seed(seed),
+                dev,
+                False,
+                evals,
+            )
+        )
     if "finetune_all" in attackers:
         x_tr, _ = _images(train)
         x_te, _ = _images(test)
-        out["finetune_all"] = np.array(_finetune(model, x_tr, y_tr, x_te, y_te, n_classes, ft_epochs, bs, eta,
-                                                 torch.Generator().manual_seed(seed), dev, True, evals))
+        out["finetune_all"] = np.array(
+            _finetune(
+                model,
+                x_tr,
+                y_tr,
+                x_te,
+                y_te,
+                n_classes,
+                ft_epochs,
+                bs,
+                eta,
+                torch.Generator().manual_seed(seed),
+                dev,
+                True,
+                evals,
+            )
+        )
     return {a: out[a] for a in attackers}
 
 
 def epochs_to_target(curve, target: float, *, evals_per_epoch: int = 1) -> float:
     """The first time, in epochs, at which ``curve`` (accuracies, time 0 first, ``evals_per_epoch``
-    points per epoch) reaches ``target``; ``inf`` if it never does."""
+    points per epoch) reaches ``target``; ``inf`` if it never does.
+
+    Chapter: {ref}`ch-deep-nets`.
+    """
     curve = np.asarray(curve, dtype=float)
     if curve.ndim != 1 or curve.size == 0:
-        raise ValueError(f"curve must be a non-empty 1-d array of accuracies, got shape {curve.shape}")
+        raise ValueError(
+            f"curve must be a non-empty 1-d array of accuracies, got shape {curve.shape}"
+        )
     target = v.number(target, "target", minimum=0.0, maximum=1.0)
     evals = v.integer(evals_per_epoch, "evals_per_epoch", 1)
     hit = np.nonzero(curve >= target)[0]

@@ -40,8 +40,14 @@ from .linalg import gram, rank_tolerance
 from .networks import FeaturesAndLogits, freeze
 from .regularizers import r_ill, r_well
 
-__all__ = ["METHODS", "balance_lambdas", "feature_gram", "immunization_loss", "log_condition_number",
-           "probe_loss_after_steps"]
+__all__ = [
+    "METHODS",
+    "balance_lambdas",
+    "feature_gram",
+    "immunization_loss",
+    "log_condition_number",
+    "probe_loss_after_steps",
+]
 
 #: The methods :func:`immulib.deep_train.immunize_model` runs: the paper's, its three baselines,
 #: and the constrained form of Definition 3.1.
@@ -58,11 +64,17 @@ def feature_gram(features: torch.Tensor) -> torch.Tensor:
 
     The features must be float32 or float64: a Gram matrix of bfloat16 or float16 features
     inherits their rounding (relative 4e-3 for bfloat16) as a floor under its small eigenvalues.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     if not isinstance(features, torch.Tensor) or features.ndim != 2:
-        raise ValueError(f"features must be a 2-d tensor (samples × features), got {tuple(getattr(features, 'shape', ()))}")
+        raise ValueError(
+            f"features must be a 2-d tensor (samples × features), got {tuple(getattr(features, 'shape', ()))}"
+        )
     if features.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"features must be float32 or float64 (compute them with autocast off), got {features.dtype}")
+        raise TypeError(
+            f"features must be float32 or float64 (compute them with autocast off), got {features.dtype}"
+        )
     return gram(features.double())
 
 
@@ -72,25 +84,36 @@ def log_condition_number(H: torch.Tensor, *, k: int | None = None) -> torch.Tens
     ``k=None`` uses the numerical rank (κ over the nonzero eigenvalues, Eq. (1)). Opt κ passes
     the batch's generic rank min(B, D) instead, so that an eigenvalue driven to zero sends log κ to
     infinity smoothly (σ_k is clamped at the rank tolerance) rather than leaving the spectrum.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     lam = torch.linalg.eigvalsh(H)
     tol = rank_tolerance(lam.detach().abs(), tuple(H.shape), None)
     k = int((lam.detach() > tol).sum()) if k is None else integer(k, "k", 2)
     if not 2 <= k <= H.shape[0]:
-        raise ValueError(f"k must be between 2 and {H.shape[0]} (H needs two nonzero eigenvalues), got {k}")
+        raise ValueError(
+            f"k must be between 2 and {H.shape[0]} (H needs two nonzero eigenvalues), got {k}"
+        )
     return torch.log(lam[-1]) - torch.log(torch.clamp(lam[-k], min=tol))
 
 
-def probe_loss_after_steps(feats: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int,
-                           eta: float) -> torch.Tensor:
+def probe_loss_after_steps(
+    feats: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int, eta: float
+) -> torch.Tensor:
     """IMMA's inner level: the loss of a zero-initialised linear probe after ``steps`` differentiable GD steps.
 
     The step is ``eta`` / λ_max(Gram/B) of the (detached) features with a column of ones, so the
     inner attacker cannot be slowed by feature scale alone; the loss is differentiable in ``feats``.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     aug = torch.cat([feats, torch.ones_like(feats[:, :1])], dim=1)
-    step = eta / float(torch.linalg.matrix_norm(aug.detach().double(), 2) ** 2 / aug.shape[0])
-    w = torch.zeros(aug.shape[1], n_classes, dtype=aug.dtype, device=aug.device, requires_grad=True)
+    step = eta / float(
+        torch.linalg.matrix_norm(aug.detach().double(), 2) ** 2 / aug.shape[0]
+    )
+    w = torch.zeros(
+        aug.shape[1], n_classes, dtype=aug.dtype, device=aug.device, requires_grad=True
+    )
     for _ in range(steps):
         (g,) = torch.autograd.grad(F.cross_entropy(aug @ w, y), w, create_graph=True)
         w = w - step * g
@@ -120,6 +143,8 @@ def immunization_loss(
     only by ``"constrained"``. ``regularizer_fns`` = (R_ill, R_well) replaces the closed-form
     regularizers (the benchmark ``benchmarks/gpu_step.py`` passes autograd-through-``eigvalsh``
     versions); each is called as ``fn(H)`` or ``fn(H, k=k)``.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     choice(method, "method", METHODS)
     lam_P, lam_H = nonneg(lam_P, "lam_P"), nonneg(lam_H, "lam_H")
@@ -128,16 +153,25 @@ def immunization_loss(
     parts = {"task": float(task.detach())}
     if method == "imma":
         if y_h is None or num_classes_h is None:
-            raise ValueError('method="imma" needs y_h and num_classes_h (the harmful labels)')
-        harm = probe_loss_after_steps(feats_h.float(), y_h, num_classes_h, integer(inner_steps, "inner_steps", 1),
-                                      positive(inner_eta, "inner_eta"))
+            raise ValueError(
+                'method="imma" needs y_h and num_classes_h (the harmful labels)'
+            )
+        harm = probe_loss_after_steps(
+            feats_h.float(),
+            y_h,
+            num_classes_h,
+            integer(inner_steps, "inner_steps", 1),
+            positive(inner_eta, "inner_eta"),
+        )
         parts["harmful_after_probe"] = float(harm.detach())
         return task - lam_H * harm, parts
     H_h, H_p = feature_gram(feats_h), feature_gram(feats_p)
     if method == "opt_kappa":
         log_kh = log_condition_number(H_h, k=min(feats_h.shape))
         log_kp = log_condition_number(H_p, k=min(feats_p.shape))
-        parts.update(log_kappa_h=float(log_kh.detach()), log_kappa_p=float(log_kp.detach()))
+        parts.update(
+            log_kappa_h=float(log_kh.detach()), log_kappa_p=float(log_kp.detach())
+        )
         return task + lam_H / log_kh + lam_P * log_kp, parts
     reg_h = ill(H_h, k=min(feats_h.shape))
     parts["r_ill"] = float(reg_h.detach())
@@ -148,11 +182,17 @@ def immunization_loss(
         loss = loss + lam_P * reg_p
     elif method == "constrained":
         if log_kappa_p_ref is None:
-            raise ValueError('method="constrained" needs log_kappa_p_ref (log κ(H̃_P) of θ0 on the same batch)')
+            raise ValueError(
+                'method="constrained" needs log_kappa_p_ref (log κ(H̃_P) of θ0 on the same batch)'
+            )
         log_kp = log_condition_number(H_p, k=min(feats_p.shape))
         violation = torch.relu(log_kp - float(log_kappa_p_ref))
-        parts.update(log_kappa_p=float(log_kp.detach()), violation=float(violation.detach()))
-        if parts["violation"] > CONSTRAINT_SLACK:  # a switching step: restore feasibility first, R_ill waits
+        parts.update(
+            log_kappa_p=float(log_kp.detach()), violation=float(violation.detach())
+        )
+        if (
+            parts["violation"] > CONSTRAINT_SLACK
+        ):  # a switching step: restore feasibility first, R_ill waits
             loss = task + lam_P * violation
     return loss, parts
 
@@ -180,6 +220,8 @@ def balance_lambdas(
     ``"r_ill_only"`` and ``"imma"``. For ``"constrained"`` the D_P term is the constraint's
     log κ(H̃_P), and λ_P = ratio_p · CONSTRAINT_MARGIN · ‖∇(L + λ_H R_ill)‖ / ‖∇ log κ(H̃_P)‖: once
     violated, the constraint outweighs the rest.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     choice(method, "method", METHODS)
     ratio_p, ratio_h = nonneg(ratio_p, "ratio_p"), nonneg(ratio_h, "ratio_h")
@@ -190,18 +232,25 @@ def balance_lambdas(
     params = [p for name, p in model.named_parameters() if name in names]
     net = FeaturesAndLogits(model)
     bs = integer(batch_size, "batch_size", 2)
-    (x_p, y_p), (x_h, y_h) = next(batches(data_p, bs, seed)), next(batches(data_h, bs, seed + 1))
+    (x_p, y_p), (x_h, y_h) = (
+        next(batches(data_p, bs, seed)),
+        next(batches(data_h, bs, seed + 1)),
+    )
     feats, logits = net(torch.cat([x_p, x_h]).to(dev))
     fp, fh, y_p, y_h = feats[:bs], feats[bs:], y_p.to(dev), y_h.to(dev)
 
     def norm(term) -> float:
         grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-        return math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads if g is not None))
+        return math.sqrt(
+            sum(float((g.double() ** 2).sum()) for g in grads if g is not None)
+        )
 
     task = F.cross_entropy(logits[:bs].float(), y_p)
     base = norm(task)
     if method == "imma":
-        harm = probe_loss_after_steps(fh.float(), y_h, num_classes(data_h, "data_h"), inner_steps, inner_eta)
+        harm = probe_loss_after_steps(
+            fh.float(), y_h, num_classes(data_h, "data_h"), inner_steps, inner_eta
+        )
         return 0.0, ratio_h * base / norm(harm)
     if method == "opt_kappa":
         term_p = log_condition_number(feature_gram(fp), k=min(fp.shape))
@@ -214,4 +263,6 @@ def balance_lambdas(
     if method == "ours":
         return ratio_p * base / norm(r_well(feature_gram(fp))), lam_H
     rest = norm(task + lam_H * term_h)
-    return ratio_p * CONSTRAINT_MARGIN * rest / norm(log_condition_number(feature_gram(fp), k=min(fp.shape))), lam_H
+    return ratio_p * CONSTRAINT_MARGIN * rest / norm(
+        log_condition_number(feature_gram(fp), k=min(fp.shape))
+    ), lam_H

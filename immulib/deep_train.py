@@ -52,7 +52,9 @@ __all__ = ["immunization_step", "immunize_model", "pretrain", "pretrain_cache_pa
 
 def _amp(device: torch.device):
     """bfloat16 autocast for pre-training on CUDA (never for spectral features), a no-op elsewhere."""
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    return torch.autocast(
+        device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,7 +63,10 @@ def _amp(device: torch.device):
 
 def pretrain_cache_path(model: nn.Module, data, settings: dict) -> Path:
     """Where :func:`pretrain` caches θ0: a file named by a hash of the settings, the data and the
-    model's initial weights (so a different architecture or seed never reuses a file)."""
+    model's initial weights (so a different architecture or seed never reuses a file).
+
+    Chapter: {ref}`ch-deep-nets`.
+    """
     from .data import cache_dir
 
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
@@ -70,7 +75,11 @@ def pretrain_cache_path(model: nn.Module, data, settings: dict) -> Path:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1)[:64].float().numpy().tobytes())
         h.update(str(tuple(t.shape)).encode())
-    return cache_dir() / "theta0" / f"{type(model).__name__.lower()}-{h.hexdigest()[:20]}.pt"
+    return (
+        cache_dir()
+        / "theta0"
+        / f"{type(model).__name__.lower()}-{h.hexdigest()[:20]}.pt"
+    )
 
 
 def pretrain(
@@ -96,6 +105,8 @@ def pretrain(
     weights and the curve are stored under :func:`pretrain_cache_path` (a temporary file renamed
     when complete) and reused by any later call with the same settings. This stands in for
     ImageNet pre-training in the CPU chapter: θ0 must already solve D_P.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     from tqdm.auto import tqdm
 
@@ -108,8 +119,15 @@ def pretrain(
         check_dataset(test, "test")
     if len(data) < bs:
         raise ValueError(f"batch_size {bs} is larger than data ({len(data)} samples)")
-    settings = dict(epochs=epochs, batch_size=bs, eta=eta, weight_decay=wd, seed=seed,
-                    test=None if test is None else fingerprint(test), torch=torch.__version__.split("+")[0])
+    settings = dict(
+        epochs=epochs,
+        batch_size=bs,
+        eta=eta,
+        weight_decay=wd,
+        seed=seed,
+        test=None if test is None else fingerprint(test),
+        torch=torch.__version__.split("+")[0],
+    )
     path = pretrain_cache_path(model, data, settings) if cache else None
     if path is not None and path.exists() and path.with_suffix(".json").exists():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -124,10 +142,16 @@ def pretrain(
         p.requires_grad_(True)
     steps_per_epoch = len(data) // bs
     opt = torch.optim.AdamW(model.parameters(), lr=eta, weight_decay=wd)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=eta, total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=eta, total_steps=epochs * steps_per_epoch, pct_start=0.15
+    )
     stream = batches(data, bs, seed)
     rows = []
-    bar = tqdm(total=epochs * steps_per_epoch, desc="pre-train θ0", disable=not v.progress(progress))
+    bar = tqdm(
+        total=epochs * steps_per_epoch,
+        desc="pre-train θ0",
+        disable=not v.progress(progress),
+    )
     for epoch in range(1, epochs + 1):
         total = 0.0
         for _ in range(steps_per_epoch):
@@ -135,7 +159,9 @@ def pretrain(
             with _amp(dev):
                 loss = F.cross_entropy(model(x.to(dev)).float(), y.to(dev))
             if not math.isfinite(float(loss.detach())):
-                raise FloatingPointError(f"pre-training loss became {float(loss.detach())} in epoch {epoch}: lower eta={eta}")
+                raise FloatingPointError(
+                    f"pre-training loss became {float(loss.detach())} in epoch {epoch}: lower eta={eta}"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -148,7 +174,9 @@ def pretrain(
 
             acc = accuracy(model, test, device=dev)
             model.train()
-        rows.append(dict(epoch=epoch, train_loss=total / steps_per_epoch, test_accuracy=acc))
+        rows.append(
+            dict(epoch=epoch, train_loss=total / steps_per_epoch, test_accuracy=acc)
+        )
     bar.close()
     model.eval()
     for p in model.parameters():
@@ -187,6 +215,8 @@ def immunization_step(
     off. ``reference`` (a FeaturesAndLogits of θ0) gives the constrained method its log κ(H̃_P(θ0))
     on the same batch. ``max_grad_norm`` (optional) clips the gradient norm. Raises
     ``FloatingPointError`` before stepping if the features or the loss are not finite.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     dev = v.device(device)
     (x_p, y_p), (x_h, y_h) = batch_p, batch_h
@@ -199,8 +229,12 @@ def immunization_step(
     if loss_kwargs.get("method") == "constrained":
         with torch.no_grad():
             f0, _ = reference(x[:n])
-            loss_kwargs["log_kappa_p_ref"] = float(log_condition_number(feature_gram(f0), k=min(f0.shape)))
-    loss, parts = immunization_loss(feats[:n], logits[:n], y_p, feats[n:], y_h, **loss_kwargs)
+            loss_kwargs["log_kappa_p_ref"] = float(
+                log_condition_number(feature_gram(f0), k=min(f0.shape))
+            )
+    loss, parts = immunization_loss(
+        feats[:n], logits[:n], y_p, feats[n:], y_h, **loss_kwargs
+    )
     parts["loss"] = float(loss.detach())
     if not math.isfinite(parts["loss"]):
         raise FloatingPointError(f"the loss is {parts['loss']}")
@@ -215,7 +249,7 @@ def immunization_step(
 
 
 def _first_two(ds) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = zip(*(ds[i] for i in range(min(2, len(ds)))))
+    x, y = zip(*(ds[i] for i in range(min(2, len(ds)))), strict=False)
     return torch.stack([torch.as_tensor(t) for t in x]), torch.as_tensor(y)
 
 
@@ -264,6 +298,8 @@ def immunize_model(
     Returns an :class:`immulib.results.ImmunizationResult` with ``model`` the immunized network
     (parameters frozen) and ``history`` one row per step (``step``, ``task``, ``loss`` and the
     method's terms). Raises ``FloatingPointError`` at the first non-finite loss, naming η and the λ's.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     from tqdm.auto import tqdm
 
@@ -278,13 +314,21 @@ def immunize_model(
     data_p, data_h = check_dataset(data_p, "data_p"), check_dataset(data_h, "data_h")
     for name, ds in (("data_p", data_p), ("data_h", data_h)):
         if len(ds) < bs:
-            raise ValueError(f"batch_size {bs} is larger than {name} ({len(ds)} samples)")
+            raise ValueError(
+                f"batch_size {bs} is larger than {name} ({len(ds)} samples)"
+            )
     if num_classes(data_p, "data_p") != theta0.num_classes:
-        raise ValueError(f"data_p has {num_classes(data_p, 'data_p')} classes but theta0's head has "
-                         f"{theta0.num_classes}")
+        raise ValueError(
+            f"data_p has {num_classes(data_p, 'data_p')} classes but theta0's head has "
+            f"{theta0.num_classes}"
+        )
     model = copy.deepcopy(theta0).to(dev).eval()
     names = set(freeze(model))
-    optimizer = torch.optim.SGD([p for n, p in model.named_parameters() if n in names], lr=eta, momentum=momentum)
+    optimizer = torch.optim.SGD(
+        [p for n, p in model.named_parameters() if n in names],
+        lr=eta,
+        momentum=momentum,
+    )
     net = FeaturesAndLogits(model)
     reference = None
     if method == "constrained":
@@ -292,17 +336,33 @@ def immunize_model(
         for p in ref.parameters():
             p.requires_grad_(False)
         reference = FeaturesAndLogits(ref)
-    stream_p = batches(_from_block(model, data_p, block_inputs_p, "block_inputs_p", dev), bs, seed, num_workers)
-    stream_h = batches(_from_block(model, data_h, block_inputs_h, "block_inputs_h", dev), bs, seed + 1, num_workers)
+    stream_p = batches(
+        _from_block(model, data_p, block_inputs_p, "block_inputs_p", dev),
+        bs,
+        seed,
+        num_workers,
+    )
+    stream_h = batches(
+        _from_block(model, data_h, block_inputs_h, "block_inputs_h", dev),
+        bs,
+        seed + 1,
+        num_workers,
+    )
     if (block_inputs_p is None) != (block_inputs_h is None):
         raise ValueError("give both block_inputs_p and block_inputs_h, or neither")
     if block_inputs_p is not None:
         net = FeaturesAndLogits(model, from_block=True)
         if reference is not None:
             reference = FeaturesAndLogits(reference.model, from_block=True)
-    loss_kwargs = dict(method=method, lam_P=lam_P, lam_H=lam_H, inner_steps=inner_steps, inner_eta=inner_eta,
-                       num_classes_h=num_classes(data_h, "data_h") if method == "imma" else None,
-                       regularizer_fns=regularizer_fns)
+    loss_kwargs = dict(
+        method=method,
+        lam_P=lam_P,
+        lam_H=lam_H,
+        inner_steps=inner_steps,
+        inner_eta=inner_eta,
+        num_classes_h=num_classes(data_h, "data_h") if method == "imma" else None,
+        regularizer_fns=regularizer_fns,
+    )
     history = []
     start = time.perf_counter()
     for step in tqdm(range(steps), desc=f"immunize ({method})", disable=not show):
@@ -312,8 +372,16 @@ def immunize_model(
             check_inputs(model, x_p, y_p, name="data_p")
             check_inputs(model, _first_two(data_h)[0], None, name="data_h")
         try:
-            parts = immunization_step(net, batch_p, batch_h, optimizer, device=dev, max_grad_norm=max_grad_norm,
-                                      reference=reference, **loss_kwargs)
+            parts = immunization_step(
+                net,
+                batch_p,
+                batch_h,
+                optimizer,
+                device=dev,
+                max_grad_norm=max_grad_norm,
+                reference=reference,
+                **loss_kwargs,
+            )
         except FloatingPointError as err:
             raise FloatingPointError(
                 f"immunization ({method}) diverged at step {step}: {err}. Lower eta={eta:g}, lam_P={lam_P:g} "
@@ -323,7 +391,23 @@ def immunize_model(
     seconds = time.perf_counter() - start
     for p in model.parameters():
         p.requires_grad_(False)
-    settings = dict(steps=steps, batch_size=bs, eta=eta, momentum=momentum, inner_steps=inner_steps,
-                    inner_eta=inner_eta, max_grad_norm=max_grad_norm, seed=seed, device=str(dev))
-    return ImmunizationResult(method=method, history=pd.DataFrame(history), lam_P=lam_P, lam_H=lam_H,
-                              seconds=seconds, settings=settings, model=model)
+    settings = dict(
+        steps=steps,
+        batch_size=bs,
+        eta=eta,
+        momentum=momentum,
+        inner_steps=inner_steps,
+        inner_eta=inner_eta,
+        max_grad_norm=max_grad_norm,
+        seed=seed,
+        device=str(dev),
+    )
+    return ImmunizationResult(
+        method=method,
+        history=pd.DataFrame(history),
+        lam_P=lam_P,
+        lam_H=lam_H,
+        seconds=seconds,
+        settings=settings,
+        model=model,
+    )

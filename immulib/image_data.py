@@ -38,19 +38,28 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 class ArrayDataset(Dataset):
-    """Images already in memory: a float tensor N × C × H × W (normalised) and int64 labels in 0 … num_classes−1."""
+    """Images already in memory: a float tensor N × C × H × W (normalised) and int64 labels in 0 … num_classes−1.
+
+    Chapter: {ref}`ch-deep-nets`.
+    """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int):
         if not isinstance(images, torch.Tensor) or images.ndim != 4:
-            raise ValueError(f"images must be a 4-d tensor N × C × H × W, got {tuple(getattr(images, 'shape', ()))}")
+            raise ValueError(
+                f"images must be a 4-d tensor N × C × H × W, got {tuple(getattr(images, 'shape', ()))}"
+            )
         if not isinstance(labels, torch.Tensor) or labels.shape != (images.shape[0],):
             raise ValueError(f"labels must be a 1-d tensor of length {images.shape[0]}")
         if labels.is_floating_point() or labels.is_complex():
             raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
         self.num_classes = integer(num_classes, "num_classes", 1)
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(f"labels must be in 0 … {self.num_classes - 1} (num_classes={self.num_classes}), "
-                             f"got [{int(labels.min())}, {int(labels.max())}]")
+        if len(labels) and (
+            int(labels.min()) < 0 or int(labels.max()) >= self.num_classes
+        ):
+            raise ValueError(
+                f"labels must be in 0 … {self.num_classes - 1} (num_classes={self.num_classes}), "
+                f"got [{int(labels.min())}, {int(labels.max())}]"
+            )
         if not bool(torch.isfinite(images).all()):
             raise ValueError("images contain NaN or infinite values")
         self.images, self.labels = images.float(), labels.long()
@@ -63,38 +72,55 @@ class ArrayDataset(Dataset):
 
 
 def from_imageset(
-    imageset, *, n: int | None = None, seed: int = 0, mean: float = MNIST_MEAN, std: float = MNIST_STD
+    imageset,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    mean: float = MNIST_MEAN,
+    std: float = MNIST_STD,
 ) -> ArrayDataset:
     """An :class:`ArrayDataset` from an :class:`immulib.data.ImageSet` (uint8 N × 28 × 28, labels).
 
     ``n`` samples are drawn without replacement with ``seed`` (all of them if ``None``); pixels
     are scaled to [0, 1] and normalised with ``mean``/``std`` (MNIST's by default); one channel.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     from .data import ImageSet
 
     if not isinstance(imageset, ImageSet):
-        raise TypeError(f"imageset must be an immulib.data.ImageSet, got {type(imageset).__name__}")
+        raise TypeError(
+            f"imageset must be an immulib.data.ImageSet, got {type(imageset).__name__}"
+        )
     total = len(imageset.labels)
     idx = np.arange(total)
     if n is not None:
         n = integer(n, "n", 1, total)
         idx = np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
     x = torch.from_numpy(imageset.images[idx].astype(np.float32) / 255.0)[:, None]
-    return ArrayDataset((x - mean) / std, torch.from_numpy(imageset.labels[idx].astype(np.int64)), 10)
+    return ArrayDataset(
+        (x - mean) / std, torch.from_numpy(imageset.labels[idx].astype(np.int64)), 10
+    )
 
 
 def resized(ds: ArrayDataset, *, img_size: int, channels: int = 3) -> ArrayDataset:
     """``ds`` with its images resized (bilinear) to ``img_size`` and repeated to ``channels`` channels.
 
     MNIST at 224 pixels and 3 channels is how the GPU benchmark feeds a ViT-B/16 built for ImageNet.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     if not isinstance(ds, ArrayDataset):
         raise TypeError(f"ds must be an ArrayDataset, got {type(ds).__name__}")
     size, channels = integer(img_size, "img_size", 8), integer(channels, "channels", 1)
-    x = torch.nn.functional.interpolate(ds.images, size=(size, size), mode="bilinear", align_corners=False)
+    x = torch.nn.functional.interpolate(
+        ds.images, size=(size, size), mode="bilinear", align_corners=False
+    )
     if x.shape[1] != channels:
         if x.shape[1] != 1:
-            raise ValueError(f"can only repeat 1-channel images to {channels} channels, got {x.shape[1]}")
+            raise ValueError(
+                f"can only repeat 1-channel images to {channels} channels, got {x.shape[1]}"
+            )
         x = x.expand(-1, channels, -1, -1).contiguous()
     return ArrayDataset(x, ds.labels, ds.num_classes)
 
@@ -106,6 +132,8 @@ class ImageFolderDataset(Dataset):
     ``round(img_size / 0.875)`` (bicubic), centre-cropped to ``img_size`` and normalised with
     ImageNet's mean and std, timm's evaluation transform. There is no augmentation (the authors
     train with RandomResizedCrop and flips). ``files`` restricts the dataset to some of the files.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
 
     def __init__(self, root, *, img_size: int = 224, files: list | None = None):
@@ -127,7 +155,9 @@ class ImageFolderDataset(Dataset):
                 if p.suffix.lower() in IMAGE_SUFFIXES
             ]
         if not files:
-            raise ValueError(f"root {self.root} has no image files ({', '.join(IMAGE_SUFFIXES)}) in its class folders")
+            raise ValueError(
+                f"root {self.root} has no image files ({', '.join(IMAGE_SUFFIXES)}) in its class folders"
+            )
         self.files = list(files)
 
     def __len__(self) -> int:
@@ -141,12 +171,16 @@ class ImageFolderDataset(Dataset):
             im = im.convert("RGB")
             w, h = im.size
             scale = round(self.img_size / 0.875) / min(w, h)
-            im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+            im = im.resize(
+                (max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC
+            )
             w, h = im.size
             left, top = (w - self.img_size) // 2, (h - self.img_size) // 2
             im = im.crop((left, top, left + self.img_size, top + self.img_size))
             x = np.asarray(im, dtype=np.float32) / 255.0
-        x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+        x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(
+            IMAGENET_STD, np.float32
+        )
         return torch.from_numpy(x.transpose(2, 0, 1).copy()), label
 
 
@@ -158,6 +192,8 @@ def image_folder_splits(
     If ``root`` has a ``train`` subfolder and a ``val`` or ``test`` one (the ImageNet layout),
     those are the splits; otherwise ``root`` itself holds the class folders and a seeded random
     ``test_fraction`` of its files is the test split.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     root = Path(root) if isinstance(root, (str, Path)) else root
     if isinstance(root, Path) and (root / "train").is_dir():
@@ -166,7 +202,9 @@ def image_folder_splits(
                 train = ImageFolderDataset(root / "train", img_size=img_size)
                 test = ImageFolderDataset(root / name, img_size=img_size)
                 if test.classes != train.classes:
-                    raise ValueError(f"{root}/train and {root}/{name} must have the same class folders")
+                    raise ValueError(
+                        f"{root}/train and {root}/{name} must have the same class folders"
+                    )
                 return train, test
     full = ImageFolderDataset(root, img_size=img_size)
     frac = number(test_fraction, "test_fraction", minimum=0.0, strict=True)
@@ -175,8 +213,13 @@ def image_folder_splits(
     perm = np.random.default_rng(seed).permutation(len(full))
     n_test = max(1, int(round(frac * len(full))))
     if n_test >= len(full):
-        raise ValueError(f"root {root} has too few images ({len(full)}) for a train/test split")
-    pick = lambda idx: [full.files[i] for i in sorted(idx)]
+        raise ValueError(
+            f"root {root} has too few images ({len(full)}) for a train/test split"
+        )
+
+    def pick(idx):
+        return [full.files[i] for i in sorted(idx)]
+
     return (
         ImageFolderDataset(root, img_size=img_size, files=pick(perm[n_test:])),
         ImageFolderDataset(root, img_size=img_size, files=pick(perm[:n_test])),
@@ -184,19 +227,29 @@ def image_folder_splits(
 
 
 def num_classes(ds: Dataset, name: str = "dataset") -> int:
-    """The number of classes of an :class:`ArrayDataset` or :class:`ImageFolderDataset` (or a Subset of one)."""
+    """The number of classes of an :class:`ArrayDataset` or :class:`ImageFolderDataset` (or a Subset of one).
+
+    Chapter: {ref}`ch-deep-nets`.
+    """
     while isinstance(ds, Subset):
         ds = ds.dataset
     n = getattr(ds, "num_classes", None)
     if not isinstance(n, int):
-        raise TypeError(f"{name} must have an int attribute num_classes (use ArrayDataset or ImageFolderDataset)")
+        raise TypeError(
+            f"{name} must have an int attribute num_classes (use ArrayDataset or ImageFolderDataset)"
+        )
     return n
 
 
 def check_dataset(ds, name: str) -> Dataset:
-    """``ds`` if it is a non-empty torch Dataset of (image, label) with ``num_classes``; else a clear error."""
+    """``ds`` if it is a non-empty torch Dataset of (image, label) with ``num_classes``; else a clear error.
+
+    Chapter: {ref}`ch-deep-nets`.
+    """
     if not isinstance(ds, Dataset):
-        raise TypeError(f"{name} must be a torch Dataset of (image, label), got {type(ds).__name__}")
+        raise TypeError(
+            f"{name} must be a torch Dataset of (image, label), got {type(ds).__name__}"
+        )
     if len(ds) == 0:
         raise ValueError(f"{name} is empty")
     num_classes(ds, name)
@@ -204,13 +257,20 @@ def check_dataset(ds, name: str) -> Dataset:
 
 
 def fingerprint(ds: Dataset) -> str:
-    """A short hash of a dataset's contents (images and labels), for cache keys."""
+    """A short hash of a dataset's contents (images and labels), for cache keys.
+
+    Chapter: {ref}`ch-deep-nets`.
+    """
     h = hashlib.sha256()
     base, idx = ds, None
     if isinstance(ds, Subset) and isinstance(ds.dataset, ArrayDataset):
         base, idx = ds.dataset, torch.as_tensor(ds.indices)
     if isinstance(base, ArrayDataset):
-        x, y = (base.images, base.labels) if idx is None else (base.images[idx], base.labels[idx])
+        x, y = (
+            (base.images, base.labels)
+            if idx is None
+            else (base.images[idx], base.labels[idx])
+        )
         h.update(str(tuple(x.shape)).encode())
         h.update(x.contiguous().numpy().tobytes())
         h.update(y.numpy().tobytes())
@@ -219,16 +279,28 @@ def fingerprint(ds: Dataset) -> str:
         for path, label in base.files:
             h.update(f"{path}|{label}|{Path(path).stat().st_size}".encode())
     else:
-        raise TypeError(f"cannot fingerprint a {type(ds).__name__}; use ArrayDataset or ImageFolderDataset")
+        raise TypeError(
+            f"cannot fingerprint a {type(ds).__name__}; use ArrayDataset or ImageFolderDataset"
+        )
     return h.hexdigest()[:16]
 
 
 def batches(ds: Dataset, batch_size: int, seed: int, num_workers: int = 0) -> Iterator:
-    """Endless shuffled mini-batches (a new seeded permutation every pass, incomplete batches dropped)."""
+    """Endless shuffled mini-batches (a new seeded permutation every pass, incomplete batches dropped).
+
+    Chapter: {ref}`ch-deep-nets`.
+    """
     if len(ds) < batch_size:
-        raise ValueError(f"batch_size {batch_size} is larger than the dataset ({len(ds)} samples)")
+        raise ValueError(
+            f"batch_size {batch_size} is larger than the dataset ({len(ds)} samples)"
+        )
     gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(ds, batch_size=batch_size, sampler=RandomSampler(ds, generator=gen), drop_last=True,
-                        num_workers=num_workers)
+    loader = DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=RandomSampler(ds, generator=gen),
+        drop_last=True,
+        num_workers=num_workers,
+    )
     while True:
         yield from loader

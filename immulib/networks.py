@@ -63,6 +63,8 @@ def create_model(
     ``patch_size=7, depth=4`` for a small ViT. ``pretrained=True`` loads timm's weights (it needs
     the network or a filled Hugging Face cache). The global random state is left untouched. Any
     other model family is refused (:func:`architecture`).
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     import timm
 
@@ -72,8 +74,11 @@ def create_model(
         raise ValueError(f"model_name {model_name!r} is not a timm model")
     if not isinstance(pretrained, bool):
         raise TypeError(f"pretrained must be a bool, got {type(pretrained).__name__}")
-    kwargs = dict(num_classes=integer(num_classes, "num_classes", 1), in_chans=integer(in_chans, "in_chans", 1),
-                  **timm_kwargs)
+    kwargs = dict(
+        num_classes=integer(num_classes, "num_classes", 1),
+        in_chans=integer(in_chans, "in_chans", 1),
+        **timm_kwargs,
+    )
     if "vit" in model_name:
         kwargs["img_size"] = integer(img_size, "img_size", 8)
     with torch.random.fork_rng(devices=[]):
@@ -88,9 +93,13 @@ def architecture(model: nn.Module) -> str:
 
     Anything else (MobileNetV3, EfficientNet, ConvNeXt, a plain ``nn.Module``) raises a
     ``TypeError`` that names its class: the immunized block is defined for these two only.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module (a timm ResNet or ViT), got {type(model).__name__}")
+        raise TypeError(
+            f"model must be a torch.nn.Module (a timm ResNet or ViT), got {type(model).__name__}"
+        )
     from timm.models.resnet import ResNet
     from timm.models.vision_transformer import VisionTransformer
 
@@ -105,12 +114,20 @@ def architecture(model: nn.Module) -> str:
 
 
 def immunized_block(model: nn.Module) -> nn.Module:
-    """The part immunization trains: ResNet ``layer4``, ViT ``blocks[-1]`` (paper §5.2)."""
+    """The part immunization trains: ResNet ``layer4``, ViT ``blocks[-1]`` (paper §5.2).
+
+    Chapter: {ref}`ch-deep-nets`.
+    """
     return model.layer4 if architecture(model) == "resnet" else model.blocks[-1]
 
 
-def trainable_parameter_names(model: nn.Module, *, train_head: bool = True) -> list[str]:
-    """Names of the parameters immunization trains: the immunized block (and the head ω)."""
+def trainable_parameter_names(
+    model: nn.Module, *, train_head: bool = True
+) -> list[str]:
+    """Names of the parameters immunization trains: the immunized block (and the head ω).
+
+    Chapter: {ref}`ch-deep-nets`.
+    """
     keep = {id(p) for p in immunized_block(model).parameters()}
     if train_head:
         keep |= {id(p) for p in model.get_classifier().parameters()}
@@ -118,7 +135,10 @@ def trainable_parameter_names(model: nn.Module, *, train_head: bool = True) -> l
 
 
 def freeze(model: nn.Module, *, train_head: bool = True) -> list[str]:
-    """Set ``requires_grad`` on the immunized block (and head) only; return their names, sorted."""
+    """Set ``requires_grad`` on the immunized block (and head) only; return their names, sorted.
+
+    Chapter: {ref}`ch-deep-nets`.
+    """
     names = set(trainable_parameter_names(model, train_head=train_head))
     for name, p in model.named_parameters():
         p.requires_grad_(name in names)
@@ -126,45 +146,73 @@ def freeze(model: nn.Module, *, train_head: bool = True) -> list[str]:
 
 
 def input_channels(model: nn.Module) -> int:
-    """The number of input channels the model's first layer takes."""
+    """The number of input channels the model's first layer takes.
+
+    Chapter: {ref}`ch-deep-nets`.
+    """
     if architecture(model) == "resnet":
         return model.conv1.in_channels
     return model.patch_embed.proj.in_channels
 
 
-def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, name: str = "data") -> None:
+def check_inputs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    name: str = "data",
+) -> None:
     """Refuse, with a ValueError naming ``name``, images the model cannot take or labels it cannot score.
 
     Checks a batch ``x`` (B × C × H × W): C against the model's input channels, H × W against a
     ViT's fixed image size; and labels ``y`` against ``0 … num_classes − 1`` of the head.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        raise ValueError(f"{name} must give image batches B × C × H × W, got shape {tuple(getattr(x, 'shape', ()))}")
+        raise ValueError(
+            f"{name} must give image batches B × C × H × W, got shape {tuple(getattr(x, 'shape', ()))}"
+        )
     c = input_channels(model)
     if x.shape[1] != c:
-        raise ValueError(f"{name} has {x.shape[1]}-channel images but the model takes {c} channels (in_chans)")
-    if architecture(model) == "vit" and not getattr(model.patch_embed, "dynamic_img_size", False):
+        raise ValueError(
+            f"{name} has {x.shape[1]}-channel images but the model takes {c} channels (in_chans)"
+        )
+    if architecture(model) == "vit" and not getattr(
+        model.patch_embed, "dynamic_img_size", False
+    ):
         size = tuple(model.patch_embed.img_size)
         if tuple(x.shape[2:]) != size:
-            raise ValueError(f"{name} has {tuple(x.shape[2:])}-pixel images but the ViT was built for {size} (img_size)")
+            raise ValueError(
+                f"{name} has {tuple(x.shape[2:])}-pixel images but the ViT was built for {size} (img_size)"
+            )
     elif min(x.shape[2:]) < 8:
-        raise ValueError(f"{name} has {tuple(x.shape[2:])}-pixel images; the ResNet needs at least 8 × 8")
+        raise ValueError(
+            f"{name} has {tuple(x.shape[2:])}-pixel images; the ResNet needs at least 8 × 8"
+        )
     if y is not None:
         n = model.num_classes
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n):
-            raise ValueError(f"{name} has labels in [{int(y.min())}, {int(y.max())}] but the model's head has "
-                             f"{n} classes (labels must be 0 … {n - 1})")
+            raise ValueError(
+                f"{name} has labels in [{int(y.min())}, {int(y.max())}] but the model's head has "
+                f"{n} classes (labels must be 0 … {n - 1})"
+            )
 
 
 @contextlib.contextmanager
 def exact_float32(device: torch.device | str) -> Iterator[None]:
-    """Autocast off (on CPU and CUDA) and, on CUDA, no TF32 in matmuls and convolutions, then restore."""
+    """Autocast off (on CPU and CUDA) and, on CUDA, no TF32 in matmuls and convolutions, then restore.
+
+    Chapter: {ref}`ch-deep-nets`.
+    """
     device = torch.device(device)
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.autocast("cpu", enabled=False))
         if device.type == "cuda":
             stack.enter_context(torch.autocast("cuda", enabled=False))
-            stack.enter_context(torch.backends.cudnn.flags(enabled=True, allow_tf32=False))
+            stack.enter_context(
+                torch.backends.cudnn.flags(enabled=True, allow_tf32=False)
+            )
             old = torch.backends.cuda.matmul.allow_tf32
             torch.backends.cuda.matmul.allow_tf32 = False
             stack.callback(setattr, torch.backends.cuda.matmul, "allow_tf32", old)
@@ -172,7 +220,10 @@ def exact_float32(device: torch.device | str) -> Iterator[None]:
 
 
 def forward_to_block(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The frozen part of the network: its activations just before the immunized block."""
+    """The frozen part of the network: its activations just before the immunized block.
+
+    Chapter: {ref}`ch-deep-nets`.
+    """
     if architecture(model) == "resnet":
         x = model.maxpool(model.act1(model.bn1(model.conv1(x))))
         return model.layer3(model.layer2(model.layer1(x)))
@@ -182,8 +233,13 @@ def forward_to_block(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def forward_from_block(model: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, logits) from the immunized block's input ``z`` (see :func:`forward_to_block`)."""
+def forward_from_block(
+    model: nn.Module, z: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, logits) from the immunized block's input ``z`` (see :func:`forward_to_block`).
+
+    Chapter: {ref}`ch-deep-nets`.
+    """
     if architecture(model) == "resnet":
         z = model.layer4(z)
     else:
@@ -202,6 +258,8 @@ class FeaturesAndLogits(nn.Module):
 
     With ``from_block=True`` the input is the immunized block's input (:func:`block_inputs`), not
     images: every immunized copy of θ0 has the same frozen part, so it can be run once.
+
+    Chapter: {ref}`ch-deep-nets`.
     """
 
     def __init__(self, model: nn.Module, *, from_block: bool = False):
@@ -211,17 +269,25 @@ class FeaturesAndLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with exact_float32(x.device):
-            z = x.float() if self.from_block else forward_to_block(self.model, x.float())
+            z = (
+                x.float()
+                if self.from_block
+                else forward_to_block(self.model, x.float())
+            )
             return forward_from_block(self.model, z)
 
 
 @torch.no_grad()
-def block_inputs(model: nn.Module, data, *, indices=None, batch_size: int = 256, device="cpu") -> torch.Tensor:
+def block_inputs(
+    model: nn.Module, data, *, indices=None, batch_size: int = 256, device="cpu"
+) -> torch.Tensor:
     """The activations entering the immunized block, float32, for ``data`` (or ``data[indices]``), on the CPU.
 
     Every immunized copy of θ0 shares θ0's frozen part, so these are computed once and passed as
     ``block_inputs*=`` to :func:`immulib.deep_train.immunize_model` and the functions of
     :mod:`immulib.deep_eval`, which check them on two samples (:func:`check_block_inputs`).
+
+    Chapter: {ref}`ch-deep-nets`.
     """
     from torch.utils.data import DataLoader, Subset
 
@@ -239,13 +305,25 @@ def block_inputs(model: nn.Module, data, *, indices=None, batch_size: int = 256,
     return torch.cat(out)
 
 
-def check_block_inputs(model: nn.Module, data, z, name: str, *, device="cpu") -> torch.Tensor:
-    """``z`` if it holds one block input per sample of ``data`` from ``model``'s frozen part (two checked)."""
+def check_block_inputs(
+    model: nn.Module, data, z, name: str, *, device="cpu"
+) -> torch.Tensor:
+    """``z`` if it holds one block input per sample of ``data`` from ``model``'s frozen part (two checked).
+
+    Chapter: {ref}`ch-deep-nets`.
+    """
     if not isinstance(z, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor from networks.block_inputs(), got {type(z).__name__}")
+        raise TypeError(
+            f"{name} must be a tensor from networks.block_inputs(), got {type(z).__name__}"
+        )
     expect = block_inputs(model, data, indices=range(min(2, len(data))), device=device)
-    if z.shape[0] != len(data) or z.shape[1:] != expect.shape[1:] or not torch.allclose(
-            z[:len(expect)], expect, rtol=1e-4, atol=1e-5):
-        raise ValueError(f"{name} were not computed from this model's frozen layers on these samples "
-                         f"(use networks.block_inputs(theta0, data))")
+    if (
+        z.shape[0] != len(data)
+        or z.shape[1:] != expect.shape[1:]
+        or not torch.allclose(z[: len(expect)], expect, rtol=1e-4, atol=1e-5)
+    ):
+        raise ValueError(
+            f"{name} were not computed from this model's frozen layers on these samples "
+            f"(use networks.block_inputs(theta0, data))"
+        )
     return z

@@ -1,5 +1,5 @@
 """The one result type of immunization, linear (:func:`immulib.immunize`) and deep
-(:func:`immulib.deep` training loop) alike.
+(:func:`immulib.deep_train.immunize_model`) alike.
 
 Conventions (CONTRIBUTING.md): ``theta`` is the immunized linear extractor, ``model`` the
 immunized network; exactly one of them is set. ``history`` is a DataFrame with one row per

@@ -12,8 +12,14 @@ TINY = {
 
 
 def tiny(name="resnet18", *, in_chans=1, img_size=16, num_classes=3, seed=0):
-    return networks.create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size, seed=seed,
-                                 **TINY[name])
+    return networks.create_model(
+        name,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        img_size=img_size,
+        seed=seed,
+        **TINY[name],
+    )
 
 
 def tiny_data(n=48, *, num_classes=3, in_chans=1, img_size=16, seed=0):
@@ -29,7 +35,10 @@ def separable_data(n=60, *, img_size=16, seed=0):
     """Three classes told apart by brightness: any network's features can learn them."""
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % 3
-    x = torch.randn(n, 1, img_size, img_size, generator=g) * 0.1 + y[:, None, None, None].float()
+    x = (
+        torch.randn(n, 1, img_size, img_size, generator=g) * 0.1
+        + y[:, None, None, None].float()
+    )
     return image_data.ArrayDataset(x, y, 3)
 
 
@@ -42,7 +51,9 @@ def fake_image_folder(root, classes=("a", "b"), per_class=6, seed=0):
         (root / c).mkdir(parents=True)
         for i in range(per_class):
             h, w = int(rng.integers(20, 40)), int(rng.integers(20, 40))
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                root / c / f"{i}.png"
+            )
     return root
 
 

@@ -13,26 +13,72 @@ from deep_helpers import TINY, fake_image_folder, tiny
 from immulib import deep_ddp, networks
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "PYTHONPATH": str(ROOT),
+}
 
 
 def _command(tmp_path, nproc, *extra):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "immulib.deep_ddp", "--model-name", "resnet18", "--model-kwargs", json.dumps(TINY["resnet18"]),
-            "--data-p", str(tmp_path / "dp"), "--data-h", str(tmp_path / "dh"), "--img-size", "32",
-            "--batch-size", "4", "--eta", "0.01", "--num-workers", "0", "--out", str(tmp_path / "immunized.pt"),
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "immulib.deep_ddp",
+        "--model-name",
+        "resnet18",
+        "--model-kwargs",
+        json.dumps(TINY["resnet18"]),
+        "--data-p",
+        str(tmp_path / "dp"),
+        "--data-h",
+        str(tmp_path / "dh"),
+        "--img-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--eta",
+        "0.01",
+        "--num-workers",
+        "0",
+        "--out",
+        str(tmp_path / "immunized.pt"),
+        *extra,
+    ]
 
 
 @pytest.mark.slow
-def test_torchrun_two_gloo_processes_immunize_only_the_last_block_and_evaluate(tmp_path):
+def test_torchrun_two_gloo_processes_immunize_only_the_last_block_and_evaluate(
+    tmp_path,
+):
     fake_image_folder(tmp_path / "dp", per_class=10)
     fake_image_folder(tmp_path / "dh", classes=("x", "y", "z"), per_class=8, seed=1)
     theta0 = tiny("resnet18", in_chans=3, img_size=32, num_classes=2)
     torch.save(theta0.state_dict(), tmp_path / "theta0.pt")
-    cmd = _command(tmp_path, 2, "--theta0", str(tmp_path / "theta0.pt"), "--steps", "3", "--evaluate",
-                   "--n-groups", "2", "--group-size", "4", "--attack-epochs", "1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    cmd = _command(
+        tmp_path,
+        2,
+        "--theta0",
+        str(tmp_path / "theta0.pt"),
+        "--steps",
+        "3",
+        "--evaluate",
+        "--n-groups",
+        "2",
+        "--group-size",
+        "4",
+        "--attack-epochs",
+        "1",
+    )
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "saved" in proc.stdout and "λ_H" in proc.stdout and "RIR_θ0" in proc.stdout
     after = torch.load(tmp_path / "immunized.pt", weights_only=True)
@@ -40,18 +86,42 @@ def test_torchrun_two_gloo_processes_immunize_only_the_last_block_and_evaluate(t
     trainable = set(networks.trainable_parameter_names(theta0))
     assert set(after) == set(before)
     for name in before:
-        if name not in trainable:  # frozen parameters and every BatchNorm buffer are unchanged
+        if (
+            name not in trainable
+        ):  # frozen parameters and every BatchNorm buffer are unchanged
             assert torch.equal(before[name], after[name]), name
-    assert any(not torch.equal(before[n], after[n]) for n in networks.trainable_parameter_names(theta0, train_head=False))
+    assert any(
+        not torch.equal(before[n], after[n])
+        for n in networks.trainable_parameter_names(theta0, train_head=False)
+    )
     report = json.loads((tmp_path / "immunized.eval.json").read_text())
-    assert report["rir_theta0"]["rir"] > 0 and report["world_size"] == 2 and report["steps"] == 3
-    assert set(report["attacks"]["immunized"]) == {"probe", "probe_std", "finetune_block", "finetune_all"}
+    assert (
+        report["rir_theta0"]["rir"] > 0
+        and report["world_size"] == 2
+        and report["steps"] == 3
+    )
+    assert set(report["attacks"]["immunized"]) == {
+        "probe",
+        "probe_std",
+        "finetune_block",
+        "finetune_all",
+    }
     assert all(len(c) == 2 for c in report["attacks"]["theta0"].values())
     # the evaluation again, later, from the saved files
     (tmp_path / "immunized.eval.json").unlink()
-    again = subprocess.run(cmd + ["--evaluate-only"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    again = subprocess.run(
+        cmd + ["--evaluate-only"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((tmp_path / "immunized.eval.json").read_text())["rir_theta0"] == report["rir_theta0"]
+    assert (
+        json.loads((tmp_path / "immunized.eval.json").read_text())["rir_theta0"]
+        == report["rir_theta0"]
+    )
 
 
 def test_theta0_files_are_loaded_with_weights_only(tmp_path, monkeypatch):
@@ -62,8 +132,22 @@ def test_theta0_files_are_loaded_with_weights_only(tmp_path, monkeypatch):
             return (os.system, ("echo pwned",))
 
     torch.save({"conv1.weight": Boom()}, tmp_path / "evil.pt")
-    args = deep_ddp.parse_args(["--model-name", "resnet18", "--model-kwargs", json.dumps(TINY["resnet18"]),
-                                "--data-p", "a", "--data-h", "b", "--out", "o.pt", "--theta0", str(tmp_path / "evil.pt")])
+    args = deep_ddp.parse_args(
+        [
+            "--model-name",
+            "resnet18",
+            "--model-kwargs",
+            json.dumps(TINY["resnet18"]),
+            "--data-p",
+            "a",
+            "--data-h",
+            "b",
+            "--out",
+            "o.pt",
+            "--theta0",
+            str(tmp_path / "evil.pt"),
+        ]
+    )
     ds = type("D", (), {"num_classes": 2})()
     monkeypatch.setattr(deep_ddp.image_data, "num_classes", lambda d: 2)
     with pytest.raises(Exception, match="[Ww]eights only|weights_only|Unsupported"):
@@ -71,11 +155,28 @@ def test_theta0_files_are_loaded_with_weights_only(tmp_path, monkeypatch):
 
 
 def test_bad_command_lines_are_rejected():
-    base = ["--model-name", "resnet18", "--data-p", "a", "--data-h", "b", "--out", "o.pt"]
+    base = [
+        "--model-name",
+        "resnet18",
+        "--data-p",
+        "a",
+        "--data-h",
+        "b",
+        "--out",
+        "o.pt",
+    ]
     assert deep_ddp.parse_args(base).lam_H == "auto"
     assert deep_ddp.parse_args(base + ["--lam-H", "2.5"]).lam_H == 2.5
     assert deep_ddp.parse_args(base + ["--epochs", "3"]).epochs == 3.0
-    for extra in (["--lam-P", "lots"], ["--lam-P", "-1"], ["--steps", "0"], ["--method", "bogus"], ["--eta", "0"],
-                  ["--epochs", "0"], ["--attackers", "probe,sgd"], ["--model-kwargs", "{oops"]):
+    for extra in (
+        ["--lam-P", "lots"],
+        ["--lam-P", "-1"],
+        ["--steps", "0"],
+        ["--method", "bogus"],
+        ["--eta", "0"],
+        ["--epochs", "0"],
+        ["--attackers", "probe,sgd"],
+        ["--model-kwargs", "{oops"],
+    ):
         with pytest.raises(SystemExit):
             deep_ddp.parse_args(base + extra)

@@ -11,7 +11,9 @@ from immulib import deep_eval, networks
 from immulib.deep_objective import feature_gram
 from immulib.regularizers import r_ill, r_well
 
-pytestmark = pytest.mark.filterwarnings("ignore::immulib.regularizers.NonUniqueSingularValueWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::immulib.regularizers.NonUniqueSingularValueWarning"
+)
 
 
 @pytest.fixture(scope="module", params=list(TINY))
@@ -25,7 +27,9 @@ def test_trainable_set_is_exactly_layer4_for_resnet():
     assert set(networks.freeze(m, train_head=False)) == block
     assert {n for n, p in m.named_parameters() if p.requires_grad} == block
     assert set(networks.freeze(m)) == block | {"fc.weight", "fc.bias"}
-    assert networks.architecture(m) == "resnet" and networks.immunized_block(m) is m.layer4
+    assert (
+        networks.architecture(m) == "resnet" and networks.immunized_block(m) is m.layer4
+    )
 
 
 def test_trainable_set_is_exactly_the_last_block_for_vit():
@@ -35,17 +39,23 @@ def test_trainable_set_is_exactly_the_last_block_for_vit():
     assert set(networks.freeze(m, train_head=False)) == block
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert trainable == block
-    assert not any(n.startswith("norm.") or n.startswith("blocks.0.") for n in trainable)
+    assert not any(
+        n.startswith("norm.") or n.startswith("blocks.0.") for n in trainable
+    )
     assert set(networks.freeze(m)) == block | {"head.weight", "head.bias"}
 
 
-@pytest.mark.parametrize("name, kwargs", [("mobilenetv3_small_050", {}), ("efficientnet_b0", {}),
-                                          ("convnext_atto", {})])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("mobilenetv3_small_050", {}), ("efficientnet_b0", {}), ("convnext_atto", {})],
+)
 def test_other_families_are_refused_by_name_even_with_a_blocks_sequential(name, kwargs):
     import timm
 
     m = timm.create_model(name, num_classes=3, **kwargs)
-    assert name.startswith("convnext") or isinstance(m.blocks, nn.Sequential)  # what fooled the old check
+    assert name.startswith("convnext") or isinstance(
+        m.blocks, nn.Sequential
+    )  # what fooled the old check
     with pytest.raises(TypeError, match=type(m).__name__):
         networks.architecture(m)
     with pytest.raises(TypeError, match="ResNet"):
@@ -75,7 +85,9 @@ def test_regularizer_gradients_reach_only_the_immunized_block(model):
             assert p.grad is not None
         else:
             assert p.grad is None or not bool(p.grad.any()), name
-    assert any(bool(p.grad.abs().sum() > 0) for n, p in m.named_parameters() if n in in_block)
+    assert any(
+        bool(p.grad.abs().sum() > 0) for n, p in m.named_parameters() if n in in_block
+    )
 
 
 def test_spectral_features_stay_float32_under_bfloat16_autocast(model):
@@ -86,10 +98,14 @@ def test_spectral_features_stay_float32_under_bfloat16_autocast(model):
     with torch.no_grad():
         ref, _ = net(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            bare = model.forward_head(model.forward_features(x), pre_logits=True)  # what autocast does
+            bare = model.forward_head(
+                model.forward_features(x), pre_logits=True
+            )  # what autocast does
             feats, _ = net(x)
             lib, _ = deep_eval.extract_features(model, tiny_data(12))
-    assert not torch.allclose(bare.float(), ref, rtol=1e-4, atol=1e-5)  # the context really rounds
+    assert not torch.allclose(
+        bare.float(), ref, rtol=1e-4, atol=1e-5
+    )  # the context really rounds
     assert feats.dtype == torch.float32 and lib.dtype == torch.float32
     assert torch.equal(feats, ref) and torch.equal(lib, ref)
     k_ref = float(torch.linalg.cond(feature_gram(ref)))
@@ -117,8 +133,13 @@ def test_check_inputs_names_channels_size_and_labels():
 
 def test_create_model_is_seeded_and_checks_arguments():
     a, b, c = tiny(seed=0), tiny(seed=0), tiny(seed=1)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-    assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+    assert all(
+        torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=False)
+    )
+    assert any(
+        not torch.equal(p, q)
+        for p, q in zip(a.parameters(), c.parameters(), strict=False)
+    )
     with pytest.raises(ValueError, match="model_name"):
         networks.create_model("no_such_model", num_classes=3)
     with pytest.raises(TypeError, match="num_classes"):

@@ -18,10 +18,7 @@ REF_RE = re.compile(r"\{ref\}`(?:[^`<]*<)?([\w-]+)>?`")
 TARGET_RE = re.compile(r"^\(([\w-]+)\)=\s*$", re.MULTILINE)
 #: Modules whose docstrings still name chapters by title; their owners add the labels. A
 #: module that gains them passes (XPASS): then remove it from this set.
-PENDING = {
-    # rewritten in this round on another branch; merged last:
-    "deep", "deep_ddp",
-}  # fmt: skip
+PENDING: set[str] = set()
 
 
 def book_labels() -> set[str]:
