@@ -19,7 +19,7 @@ import pandas as pd
 
 from immulib import data, pairs, protocol
 
-OUT = Path(__file__).resolve().parents[1] / "immulib" / "results" / "mnist_sweep.csv"
+OUT = Path(__file__).resolve().parents[1] / "immulib" / "tables" / "mnist_sweep.csv"
 
 
 def main(argv=None):
