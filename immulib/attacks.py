@@ -106,6 +106,8 @@ def attack(
 ) -> torch.Tensor:
     """Run one attacker on the ℓ2 probe ½‖Fw − y‖² and return its iterates w_0 … w_T.
 
+    Chapter: {ref}`ch-attackers`.
+
     Parameters
     ----------
     F, y
@@ -130,8 +132,6 @@ def attack(
     -------
     torch.Tensor
         float64, shape ``(steps + 1, d)``; row t is w_t.
-
-    Chapter: {ref}`ch-attackers`.
     """
     if attacker not in ATTACKERS:
         raise ValueError(f"attacker must be one of {ATTACKERS}, got {attacker!r}")

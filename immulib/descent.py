@@ -19,6 +19,8 @@ __all__ = ["gd_errors", "rate_bound"]
 def gd_errors(A, e0, steps: int, *, step_size: float | str = "1/L") -> torch.Tensor:
     """Squared distances ‖w_t − w*‖² of gradient descent on ½ (w − w*)ᵀA(w − w*), t = 0 … steps.
 
+    Chapter: {ref}`ch-condition-numbers`.
+
     Parameters
     ----------
     A
@@ -36,8 +38,6 @@ def gd_errors(A, e0, steps: int, *, step_size: float | str = "1/L") -> torch.Ten
     -------
     torch.Tensor
         float64, shape ``(steps + 1,)`` (or ``(B, steps + 1)``); entry t is ‖e_t‖².
-
-    Chapter: {ref}`ch-condition-numbers`.
     """
     A = as_float64(A, "A")
     e = as_float64(e0, "e0").clone()

@@ -252,6 +252,8 @@ def score(
 ) -> dict[str, float | int | bool]:
     """One table row: how an extractor θ looks to the attacker and to the legitimate user.
 
+    Chapter: {ref}`ch-optimal`.
+
     Parameters
     ----------
     theta
@@ -283,8 +285,6 @@ def score(
         ``def31`` (Definition 3.1 holds: i > 1, ii ≤ 1 + tol, loss_P_kept ≤ 1 + tol) and
         ``slower_than_identity`` (the exact-line-search D_H attacker needs more steps on the
         held-out rows than on the identity's features, X_H_test itself).
-
-    Chapter: {ref}`ch-optimal`.
     """
     XP, yP = _task(XP, yP, "XP", "yP", None)
     D, dev = XP.shape[1], XP.device

@@ -191,6 +191,8 @@ def condition_number(
 ) -> float:
     """Condition number κ(S) of a square matrix (Eq. (1) of the paper).
 
+    Chapter: {ref}`ch-condition-numbers`.
+
     Parameters
     ----------
     S
@@ -212,11 +214,11 @@ def condition_number(
         For a non-square, empty, non-finite or all-zero S, an unknown convention, a
         non-symmetric S under ``"shifted"``, or a ``rank_tol`` that is not below σ_max.
 
+    Notes
+    -----
     Under ``"pinv"`` κ is computed on S / 2^e (e: the binary exponent of max|S|), so it is the
     same for S scaled by 1e-200 or 1e200. The ``"shifted"`` convention is not scale-free by
     definition (its 10⁻⁶ is absolute).
-
-    Chapter: {ref}`ch-condition-numbers`.
     """
     choice(convention, "convention", CONVENTIONS)
     t = _square(S, "S").detach()

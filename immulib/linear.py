@@ -875,6 +875,8 @@ def immunize(
 ) -> ImmunizationResult:
     """Immunize a linear feature extractor θ on (X_P, y_P) against the harmful inputs X_H.
 
+    Chapter: {ref}`ch-house-prices`.
+
     Parameters
     ----------
     XP, yP, XH
@@ -925,8 +927,6 @@ def immunize(
         ``theta`` (D × D), ``omega``, ``history`` (step, kappa_P, kappa_H, loss_P), the weights
         used, seconds and settings. Warns when θ did not move (e.g. huge weights that
         saturate every step bound).
-
-    Chapter: {ref}`ch-house-prices`.
     """
     choice(method, "method", METHODS)
     choice(policy, "policy", POLICIES)

@@ -68,6 +68,8 @@ def _features(X, theta, name: str, *, scale_free: bool = False) -> torch.Tensor:
 def rir(XP, XH, theta, *, theta0=None, convention: str = "pinv") -> RIR:
     """The relative immunization ratio of a linear extractor θ (Eq. (15)), or RIR_θ0 (Eq. (17)).
 
+    Chapter: {ref}`ch-house-prices`.
+
     Parameters
     ----------
     XP, XH
@@ -80,8 +82,6 @@ def rir(XP, XH, theta, *, theta0=None, convention: str = "pinv") -> RIR:
         immunized θ here gives exactly 1 (the bug of the released code, GitHub issue #1).
     convention
         κ convention (:func:`immulib.linalg.condition_number`); it matters on rank-deficient data.
-
-    Chapter: {ref}`ch-house-prices`.
     """
     choice(convention, "convention", CONVENTIONS)
     XP, XH = as_float64(XP, "XP", ndim=2), as_float64(XH, "XH", ndim=2)

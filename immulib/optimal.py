@@ -152,6 +152,8 @@ def generalized_spread(KP, KH, *, rank_tol: float | None = None) -> float:
 def optimal_theta(KP, Q=None, *, rank_tol: float | None = None) -> torch.Tensor:
     """θ* = K_P^{-1/2}Q, the closed-form immunizer that whitens D_P: θ*ᵀK_Pθ* = QᵀQ = I.
 
+    Chapter: {ref}`ch-optimal`.
+
     Parameters
     ----------
     KP
@@ -168,8 +170,6 @@ def optimal_theta(KP, Q=None, *, rank_tol: float | None = None) -> torch.Tensor:
     -------
     torch.Tensor
         The invertible n × n float64 matrix θ*. Chapter: "The best a linear immunizer can do".
-
-    Chapter: {ref}`ch-optimal`.
     """
     KP = _gram(KP, "KP")
     n = KP.shape[0]
@@ -206,6 +206,8 @@ def rir_ceiling(
     RIR(θ) = [κ(H_H(θ))/κ(H_P(θ))]·κ(K_P)/κ(K_H) ≤ κ(K_P⁻¹K_H)·κ(K_P)/κ(K_H), with equality at
     :func:`optimal_theta`.
 
+    Chapter: {ref}`ch-optimal`.
+
     Parameters
     ----------
     KP, KH
@@ -218,8 +220,6 @@ def rir_ceiling(
         can do".
     rank_tol
         Only for ``"pinv"``: see :func:`nested_null_spaces`.
-
-    Chapter: {ref}`ch-optimal`.
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
@@ -289,6 +289,8 @@ def frontier_theta(KP, KH, c: float, *, rank_tol: float | None = None) -> torch.
     c = κ(K_P) gives (ii) = 1 and (i) = C, the largest (i) any extractor can have with
     (ii) ≤ 1 (Definition 3.1 (b)). θ_c is invertible, so the D_P optimum is kept (Definition 3.1 (c)).
 
+    Chapter: {ref}`ch-optimal`.
+
     Parameters
     ----------
     KP, KH
@@ -300,8 +302,6 @@ def frontier_theta(KP, KH, c: float, *, rank_tol: float | None = None) -> torch.
         The tolerance below which an eigenvalue counts as zero (:func:`nested_null_spaces`).
 
     Chapter: "The best a linear immunizer can do" (``book/08_optimal_immunizer.md``).
-
-    Chapter: {ref}`ch-optimal`.
     """
     c = number(c, "c", minimum=1.0)
     mu, W = generalized_eigh(KP, KH, rank_tol=rank_tol)

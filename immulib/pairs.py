@@ -289,10 +289,12 @@ def sweep(
 ) -> pd.DataFrame:
     """Immunize every pair with ``method`` in ``setup`` and score it; one tidy row per pair and κ convention.
 
+    Chapter: {ref}`ch-mnist-pairs`.
+
     Parameters
     ----------
     method
-        One of :data:`immulib.linear.METHODS` (see :func:`run_batch`).
+        One of ``immulib.linear.METHODS`` (see :func:`run_batch`).
     setup
         ``"well_posed"`` (pixel support of :func:`pixel_support`, scored with ``"pinv"``) or
         ``"authors"`` (all 784 pixels, scored with ``"shifted"`` and ``"pinv"``).
@@ -321,8 +323,6 @@ def sweep(
         Columns setup, method, convention, a, b, seed, steps, kappa_P0, kappa_H0, kappa_P,
         kappa_H, i, ii, rir, success (RIR > 1 and (ii) ≤ 1), seconds (per pair), plus the
         knobs given in ``kw``.
-
-    Chapter: {ref}`ch-mnist-pairs`.
     """
     choice(setup, "setup", SETUPS)
     choice(method, "method", linear.METHODS)

@@ -63,7 +63,7 @@ def select(rows: list[dict], *, tol: float = 1e-6) -> dict:
 
 
 def method_of(entry: str) -> str:
-    """The :data:`immulib.linear.METHODS` name of a :data:`GRIDS` entry ("ours_paper" → "ours").
+    """The ``immulib.linear.METHODS`` name of a :data:`GRIDS` entry ("ours_paper" → "ours").
 
     Chapter: {ref}`ch-house-prices`.
     """

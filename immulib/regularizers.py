@@ -248,6 +248,8 @@ class _RWell(torch.autograd.Function):
 def r_ill(S, *, k: int | None = None) -> torch.Tensor:
     """R_ill(S) = 1 / (‖S‖_F²/(2k) − σ_k²/2), the κ-maximising regularizer (Eq. (12), Theorem 4.1).
 
+    Chapter: {ref}`ch-regularizers`.
+
     Parameters
     ----------
     S
@@ -277,9 +279,9 @@ def r_ill(S, *, k: int | None = None) -> torch.Tensor:
         For a non-square, non-symmetric, non-PSD, non-finite or all-zero S, for k not an int
         with 2 <= k <= n, and when all k singular values are equal (κ = 1, R_ill infinite).
 
+    Notes
+    -----
     Derived in the chapter "Regularizers for ill- and well-conditioning".
-
-    Chapter: {ref}`ch-regularizers`.
     """
     S = _psd(S, "S")
     lam, V = _spectrum(S, "S")  # one eigendecomposition: PSD check, rank, σ_k and v_k
@@ -288,6 +290,8 @@ def r_ill(S, *, k: int | None = None) -> torch.Tensor:
 
 def r_well(S) -> torch.Tensor:
     """R_well(S) = σ₁²/2 − ‖S‖_F²/(2p), the κ-minimising regularizer of Nenov et al. (Eq. (3)).
+
+    Chapter: {ref}`ch-regularizers`.
 
     Parameters
     ----------
@@ -312,9 +316,9 @@ def r_well(S) -> torch.Tensor:
     TypeError, ValueError
         For a non-square, non-symmetric, non-PSD, non-finite or all-zero S.
 
+    Notes
+    -----
     Derived in the chapter "Regularizers for ill- and well-conditioning".
-
-    Chapter: {ref}`ch-regularizers`.
     """
     S = _psd(S, "S")
     return _RWell.apply(
