@@ -1,11 +1,14 @@
 """Fixtures shared by the unit tests (tests never import each other; what they share lives here)."""
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from immulib import data
+from tools import book
 
 
 def _project_data_dir() -> Path | None:
@@ -32,3 +35,51 @@ def isolated_data(tmp_path, monkeypatch):
     monkeypatch.delenv(data.ENV_VAR, raising=False)
     monkeypatch.setenv(data.CACHE_ENV_VAR, str(tmp_path / "cache"))
     return tmp_path
+
+
+# --------------------------------------------------------------------------------------------
+# the book: built once per test run, whichever worker asks first
+# --------------------------------------------------------------------------------------------
+
+#: Test files that read the built HTML only: collected last, so that the worker which takes them
+#: finds the build (started early by tests/test_book.py) done or nearly done, instead of waiting
+#: for it while the other worker could have run unit tests.
+RUN_LAST = ("test_browser.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    # a stable sort: the others keep their order
+    items.sort(key=lambda item: item.path.name in RUN_LAST)
+
+
+def _test_run_id(config) -> str:
+    """One id for the whole run, the same on every pytest-xdist worker."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        return workerinput["testrunuid"]
+    if not hasattr(config, "_immulib_run_id"):
+        config._immulib_run_id = uuid.uuid4().hex
+    return config._immulib_run_id
+
+
+@pytest.fixture(scope="session")
+def built_book(request) -> Path:
+    """The strict build of the whole book into _build/ (``make book``'s folder), done once per run.
+
+    The first worker to ask builds (under a file lock); the others wait for the lock and reuse
+    that build, which a stamp naming this run's id records.
+    """
+    out = book.build_dir()
+    out.mkdir(exist_ok=True)
+    stamp = out / ".built-by-run"
+    run_id = _test_run_id(request.config)
+    with FileLock(str(out / ".build.lock")):
+        done = stamp.read_text().split("\n", 1) if stamp.is_file() else None
+        if done is None or done[0] != run_id:
+            proc = book.build(capture=True)
+            failed = proc.returncode != 0
+            log = proc.stdout[-5000:] + proc.stderr[-5000:] if failed else ""
+            stamp.write_text(f"{run_id}\n{log}")
+            done = [run_id, log]
+    assert not done[1], f"the strict build failed:\n{done[1]}"
+    return out / "html"

@@ -13,7 +13,6 @@ from pathlib import Path
 import jupytext
 import pytest
 import yaml
-from filelock import FileLock
 
 from tools import book
 from tools.chapters import exercise_chapters, is_notebook, toc_chapters
@@ -24,21 +23,6 @@ JB = [str(Path(sys.executable).parent / "jupyter-book")]
 CHAPTERS = toc_chapters()
 NOTEBOOKS = [p for p in CHAPTERS if is_notebook(p)]
 EXERCISE_CHAPTERS = exercise_chapters()  # all notebooks but the Appendices part
-
-
-# The long pole first: the build runs while the other worker takes the unit tests.
-
-
-@pytest.fixture(scope="session")
-def built_book():
-    """The strict build of the whole book into _build/ (``make book``'s folder), done once."""
-    book.build_dir().mkdir(exist_ok=True)
-    with FileLock(
-        str(book.build_dir() / ".build.lock")
-    ):  # one build at a time, across workers
-        proc = book.build(capture=True)
-    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
-    return book.build_dir() / "html"
 
 
 @pytest.mark.slow

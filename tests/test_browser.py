@@ -11,8 +11,9 @@ It fails on a page where
 
 Setup, all local (nothing is fetched from a CDN):
 
-* the built HTML is ``$IMMULIB_BOOK_HTML`` (e.g. ``_build/html`` after ``make book``); when it
-  is unset or holds no book the tests skip and say so:
+* the built HTML is the strict build of this test run (the ``built_book`` fixture, which
+  ``tests/test_book.py`` shares, so ``make test`` builds the book once), or ``$IMMULIB_BOOK_HTML``
+  when set (e.g. ``_build/html`` after ``make book``):
   ``IMMULIB_BOOK_HTML=_build/html .venv/bin/python -m pytest tests/test_browser.py``;
 * Chromium is Debian's ``chromium``; when it is missing and the tests run as root with ``CI=true``
   or ``IMMULIB_INSTALL_BROWSER=1``, they install it (``apt-get install -y chromium``), otherwise
@@ -43,7 +44,7 @@ import pytest
 from tools.chapters import toc_chapters
 
 ROOT = Path(__file__).resolve().parent.parent
-#: The built book to test: set explicitly, so that a stale ``_build/html`` is never tested by accident.
+#: A built book to test instead of this run's own build (never a stale ``_build/html`` by accident).
 HTML_DIR = (
     Path(os.environ["IMMULIB_BOOK_HTML"]).resolve()
     if os.environ.get("IMMULIB_BOOK_HTML")
@@ -163,11 +164,10 @@ def _find_chromium() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def built_html() -> Path:
+def built_html(request) -> Path:
+    """``$IMMULIB_BOOK_HTML`` when set, else this run's strict build (``built_book``)."""
     if HTML_DIR is None:
-        pytest.skip(
-            "set IMMULIB_BOOK_HTML to a built book's html folder (e.g. _build/html after `make book`)"
-        )
+        return request.getfixturevalue("built_book")
     if not (HTML_DIR / "index.html").is_file():
         pytest.skip(f"no built book at {HTML_DIR}: run `make book` first")
     return HTML_DIR
@@ -314,6 +314,7 @@ def open_page(chromium: str, url: str) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_server_serves_mathjax_locally(server, built_html):
     import urllib.request
 
@@ -332,7 +333,8 @@ def test_the_server_serves_mathjax_locally(server, built_html):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
-def test_page_reads_well_in_a_browser(page, built_html, chromium, server):
+def test_page_reads_well_in_a_browser(page, chromium, mathjax, built_html, server):
+    # chromium and mathjax first: they are installed while another worker may still build
     assert (built_html / page).is_file(), f"{page} was not built"
     res = open_page(chromium, f"{server}/{page}")
     assert "fatal" not in res, res.get("fatal")

@@ -1,0 +1,107 @@
+"""Regenerate immulib/tables/mnist_tuned.csv: the fair protocol on MNIST digit pairs.
+
+    IMMULIB_DATA=/path/to/data python -m tools.mnist_tune            # about 45 min on 2 cores
+
+For every method entry of :data:`immulib.protocol.GRIDS`, on the pairs of
+:data:`immulib.pairs.SUBSET` in the well-posed setup, with the same budget of ``--steps``
+full-batch steps:
+
+1. **grid** (seed 0): each of the entry's four settings is run on every pair; the setting kept is
+   the one :func:`immulib.protocol.select` ranks first on the median (i) and median (ii) over the
+   pairs (training rows): feasible settings ((ii) ≤ 1) by the largest (i), else the largest RIR;
+2. **seeds**: the kept setting is run again with seeds 1 and 2 (another balanced subsample of the
+   two digits and another ω_0), so that seed 0's grid row and these give three seeds per pair.
+
+Rows are written after every run (a partial file is usable); ``stage`` says which step made a row,
+``setting`` is the knobs as JSON, ``chosen`` marks the kept setting, ``dist`` is ‖θ − θ_0‖_F
+(θ_0 the identity). Chapter 06 reads the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from immulib import data, pairs, protocol
+
+OUT = Path(__file__).resolve().parents[1] / "immulib" / "tables" / "mnist_tuned.csv"
+SETUP = "well_posed"
+
+
+def chosen_setting(grid: pd.DataFrame) -> str:
+    """The ``setting`` of the grid rows (one entry, pinv convention) that the protocol keeps."""
+    rows = [
+        dict(setting=s, i=float(d.i.median()), ii=float(d.ii.median()))
+        for s, d in grid.groupby("setting", sort=False)
+    ]
+    return protocol.select(rows)["setting"]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--entries",
+        nargs="+",
+        choices=list(protocol.GRIDS),
+        default=list(protocol.GRIDS),
+    )
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    grams = pairs.digit_grams(data.load_mnist("train"), SETUP, device=args.device)
+
+    def run(entry, knobs, seed, stage):
+        t0 = time.perf_counter()
+        thetas = {}
+        df = pairs.sweep(
+            protocol.method_of(entry),
+            SETUP,
+            pairs="subset",
+            steps=args.steps,
+            seed=seed,
+            grams=grams,
+            device=args.device,
+            num_threads=1,
+            progress=False,
+            thetas=thetas,
+            **knobs,
+        )
+        dist = {  # ‖θ − θ_0‖_F, θ_0 the identity
+            ab: float(torch.linalg.matrix_norm(t - torch.eye(*t.shape, dtype=t.dtype)))
+            for ab, t in thetas.items()
+        }
+        df["dist"] = [dist[(a, b)] for a, b in zip(df.a, df.b, strict=True)]
+        df = df[df.convention == "pinv"].drop(columns=list(knobs), errors="ignore")
+        df = df.assign(
+            entry=entry, stage=stage, setting=json.dumps(knobs, sort_keys=True)
+        )
+        print(
+            f"{entry} {stage} seed {seed} {knobs}: median (i) {df.i.median():.3g}, "
+            f"median (ii) {df.ii.median():.3g}, {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
+        return df
+
+    out = pd.read_csv(args.out) if args.out.is_file() else pd.DataFrame()
+    for entry in args.entries:
+        if len(out):
+            out = out[out.entry != entry]
+        grid = pd.concat([run(entry, k, 0, "grid") for k in protocol.GRIDS[entry]])
+        keep = chosen_setting(grid)
+        grid["chosen"] = grid.setting == keep
+        seeds = [run(entry, json.loads(keep), s, "seeds") for s in args.seeds]
+        rows = pd.concat([grid, *(d.assign(chosen=True) for d in seeds)])
+        out = pd.concat([out, rows], ignore_index=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        out.to_csv(args.out, index=False, float_format="%.6g")
+
+
+if __name__ == "__main__":
+    main()
