@@ -57,7 +57,9 @@ from .metrics import rir
 __all__ = [
     "FIXED_GRID",
     "STEP_COLUMNS",
+    "attack_curve",
     "attack_steps",
+    "error_spectrum",
     "score",
     "score_table",
 ]
@@ -167,6 +169,82 @@ def attack_steps(
         "exact": _steps_exact(lam, u, target, max_steps),
         "fixed": _steps_fixed(lam, u, target, max_steps, grid),
     }
+
+
+def attack_curve(F, y, *, steps: int = 100, step: float | None = None) -> np.ndarray:
+    """The attacker's relative suboptimality s_0 = 1, s_1, …, s_steps on the ℓ2 probe over ``F``.
+
+    ``step=None`` is gradient descent with exact line search (the ``exact`` attacker of the
+    module docstring); a number c is a fixed step η = c/λ_max(FᵀF), 0 < c < 2. The count of
+    :func:`attack_steps` is the first t with s_t ≤ ``target``, so a target can be read off
+    this curve (e.g. the identity's s_N: the target that the identity reaches in N steps).
+
+    Chapter: {ref}`ch-house-prices`.
+    """
+    F = as_float64(F, "F", ndim=2).detach()
+    y = as_float64(y, "y", ndim=1).detach().to(F.device)
+    if len(y) != len(F):
+        raise ValueError(
+            f"y must have {len(F)} entries (one per row of F), got {len(y)}"
+        )
+    steps = integer(steps, "steps", minimum=0)
+    if step is not None:
+        step = number(step, "step", minimum=0.0, strict=True, maximum=2.0)
+        if step >= 2.0:
+            raise ValueError(
+                f"step must be < 2 (η = c/λ_max diverges at c >= 2), got {step}"
+            )
+    lam, u, _ = _spectrum(F, y)
+    u = u.copy()
+    s0 = float(u @ u)
+    out = np.ones(steps + 1)
+    if s0 == 0.0:
+        return np.zeros(steps + 1)
+    if step is not None:
+        r2 = (1.0 - (step / lam.max()) * lam) ** 2
+        w = u * u
+        for t in range(1, steps + 1):
+            w = w * r2
+            out[t] = float(w.sum()) / s0
+        return out
+    lam2 = lam * lam
+    for t in range(1, steps + 1):
+        u2 = u * u
+        num, den = float(lam @ u2), float(lam2 @ u2)
+        if den > 0.0:
+            u *= 1.0 - (num / den) * lam
+        out[t] = float(u @ u) / s0
+    return out
+
+
+def error_spectrum(F, y) -> pd.DataFrame:
+    """Where the attacker's starting error sits along the spectrum of FᵀF.
+
+    With the thin SVD F = UΣVᵀ, the attacker starting from w_0 = 0 has the error u_0 = −Uᵀy in
+    the singular basis (module docstring): a gradient step with η = c/λ_max multiplies its j-th
+    component by 1 − c·ν_j, ν_j = σ_j²/σ_max². The number of steps to a target is set by how
+    the weights w_j = u_{0,j}²/‖u_0‖² spread over ν, not by κ = 1/ν_min alone. One row per
+    direction on the numerical range, ν descending, with columns ``nu`` and ``weight``
+    (summing to 1; all 0 when y has no component in the range of F).
+
+    Chapter: {ref}`ch-house-prices`.
+    """
+    F = as_float64(F, "F", ndim=2).detach()
+    y = as_float64(y, "y", ndim=1).detach().to(F.device)
+    if len(y) != len(F):
+        raise ValueError(
+            f"y must have {len(F)} entries (one per row of F), got {len(y)}"
+        )
+    lam, u, _ = _spectrum(F, y)
+    w = u * u
+    total = float(w.sum())
+    order = np.argsort(-lam, kind="stable")
+    return pd.DataFrame(
+        {
+            "nu": lam[order] / lam.max(),
+            "weight": w[order] / total if total > 0 else np.zeros_like(w),
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------

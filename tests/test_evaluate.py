@@ -233,3 +233,76 @@ def test_bad_input_errors():
         evaluate.score_table([th], *train)
     with pytest.raises(TypeError, match="method names"):
         evaluate.score_table({1: th}, *train)
+
+
+def _direct_curve(F, y, steps, eta=None):
+    """Relative suboptimality of gradient descent from w = 0, in the original coordinates."""
+    A, b = F.T @ F, F.T @ y
+    w_star = np.linalg.lstsq(F, y, rcond=None)[0]
+    L = lambda w: 0.5 * np.sum((F @ w - y) ** 2)
+    L_star, w = L(w_star), np.zeros(F.shape[1])
+    out = [1.0]
+    for _ in range(steps):
+        g = A @ w - b
+        curv = g @ A @ g
+        if eta is None and curv <= 0:  # at the optimum: nothing left to do
+            out.append(out[-1])
+            continue
+        w = w - (eta if eta is not None else (g @ g) / curv) * g
+        out.append((L(w) - L_star) / (L(np.zeros_like(w)) - L_star))
+    return np.array(out)
+
+
+def test_attack_curve_matches_direct_descent_and_the_step_count():
+    rng = np.random.default_rng(9)
+    for _ in range(15):
+        X, y = _data(rng, 60, int(rng.integers(2, 9)), 1.0)
+        lam_max = np.linalg.eigvalsh(X.T @ X).max()
+        exact = evaluate.attack_curve(X, y, steps=50)
+        assert exact[0] == 1.0 and np.all(np.diff(exact) <= 1e-12)
+        np.testing.assert_allclose(exact, _direct_curve(X, y, 50), atol=1e-9)
+        fixed = evaluate.attack_curve(X, y, steps=50, step=1.5)
+        np.testing.assert_allclose(
+            fixed, _direct_curve(X, y, 50, eta=1.5 / lam_max), atol=1e-9
+        )
+        # a target read off the curve at N (plus rounding) is reached in exactly N steps
+        for N in (1, 3, 5):
+            target = float(exact[N]) * (1 + 1e-9)
+            if 1e-12 < target < 1.0 and exact[N - 1] > target:
+                got = evaluate.attack_steps(X, y, target=target, max_steps=50)["exact"]
+                assert got == N, (got, N)
+
+
+def test_error_spectrum_weights_give_the_fixed_step_curve():
+    rng = np.random.default_rng(10)
+    for _ in range(10):
+        X, y = _data(rng, 40, 5, 1.5)
+        spec = evaluate.error_spectrum(X, y)
+        assert len(spec) == 5 and math.isclose(spec.weight.sum(), 1.0, rel_tol=1e-12)
+        assert spec.nu.iloc[0] == 1.0 and np.all(np.diff(spec.nu) <= 0)
+        for c in (0.5, 1.0, 1.9):
+            t = np.arange(30)
+            closed = (
+                (1 - c * spec.nu.to_numpy()[None]) ** (2 * t[:, None])
+            ) @ spec.weight
+            curve = evaluate.attack_curve(X, y, steps=29, step=c)
+            np.testing.assert_allclose(closed, curve, rtol=1e-10, atol=1e-14)
+    # y orthogonal to the range of F: no error to remove, all weights 0
+    F = np.vstack([np.eye(3), np.zeros((2, 3))])
+    y = np.array([0.0, 0, 0, 1, 1])
+    assert evaluate.error_spectrum(F, y).weight.sum() == 0.0
+    assert np.all(evaluate.attack_curve(F, y, steps=3) == 0.0)
+
+
+def test_curve_and_spectrum_bad_input():
+    X, y = _data(np.random.default_rng(11), 20, 3, 0.5)
+    with pytest.raises(ValueError, match="step must be < 2"):
+        evaluate.attack_curve(X, y, step=2.0)
+    with pytest.raises(ValueError, match="step"):
+        evaluate.attack_curve(X, y, step=0.0)
+    with pytest.raises(TypeError, match="steps"):
+        evaluate.attack_curve(X, y, steps=2.5)
+    with pytest.raises(ValueError, match="y must have 20"):
+        evaluate.attack_curve(X, y[:-1])
+    with pytest.raises(ValueError, match="y must have 20"):
+        evaluate.error_spectrum(X, y[:-1])
