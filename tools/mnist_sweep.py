@@ -1,4 +1,4 @@
-"""Regenerate book/data/mnist_sweep.csv: the MNIST digit-pair sweep (paper Fig. 2 / Table 2).
+"""Regenerate immulib/tables/mnist_sweep.csv: the MNIST digit-pair sweep (paper Fig. 2 / Table 2).
 
     IMMULIB_DATA=/path/to/data python -m tools.mnist_sweep --setup well_posed
     IMMULIB_DATA=/path/to/data python -m tools.mnist_sweep --setup authors --pairs subset
