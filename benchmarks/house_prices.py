@@ -3,11 +3,10 @@
 Each method of :mod:`immulib.linear` decomposes θᵀK_Pθ and θᵀK_Hθ once per step and reuses the
 decompositions for every term, bound and recorded κ (θ_0's also for the weights and ranks, K_P
 once per run), so a step should cost two ``torch.linalg.eigh`` of a D × D matrix plus five D × D
-products, at most three eigh-equivalents. This benchmark measures, in one process, the time of
-a step of each full-batch method (``immulib.linear.run``, record_every = the whole run) as the
-difference of two runs of different lengths divided by the difference of their steps (so the
-once-per-run set-up, also printed, is not in it), and one ``eigh`` at the same D, three times
-each, on random problems of sizes D = 64, 256 (and 1024 without ``--quick``) and on House Prices
+products. This benchmark measures, in one process, the time per step of a run of each
+full-batch method (``immulib.linear.run``, record_every = the whole run, its once-per-run set-up
+included) and of one ``eigh`` at the same D just before and after it, three times each, on
+random problems of sizes D = 64, 256 (and 1024 without ``--quick``) and on House Prices
 (well-posed setup, D = 71) when the data is there, and prints the medians of the ratios. The
 last line is the headline: the largest ratio of a step of Ours (adaptive) over one ``eigh``.
 ``--quick`` finishes in about a minute on 2 CPU cores.
@@ -48,25 +47,27 @@ def _house_prices():
     return linear.Problem.from_data(hp.XP, hp.yP, hp.XH, hp.yH)
 
 
-def _step_cost(prob, method, kw, short, long, repeats):
-    """Medians over ``repeats`` of (a step, the set-up) in eigh-equivalents, and eigh's time."""
+def _step_cost(prob, method, kw, steps, repeats):
+    """Median over ``repeats`` of a run's time per step in eigh-equivalents (the eigh of a
+    D × D Gram timed just before and just after each run), and eigh's time."""
     H = prob.KH[0] / prob.KH[0].abs().max()
-    steps, setup, eighs = [], [], []
+    ratios, eighs = [], []
 
-    def run(n):
-        return lambda: linear.run(
-            prob, method, steps=n, record_every=10**9, progress=False, **kw
-        )
+    def eigh_time():
+        return median_seconds(lambda: torch.linalg.eigh(H), 7)
 
     for _ in range(repeats):
-        t_eigh = median_seconds(lambda: torch.linalg.eigh(H), 5)
-        t_short, t_long = median_seconds(run(short), 1), median_seconds(run(long), 1)
-        step = (t_long - t_short) / (long - short)
-        steps.append(step / t_eigh)
-        setup.append((t_short - (short + 1) * step) / t_eigh)
+        before = eigh_time()
+        t = median_seconds(
+            lambda: linear.run(
+                prob, method, steps=steps, record_every=10**9, progress=False, **kw
+            ),
+            1,
+        )
+        t_eigh = (before + eigh_time()) / 2
+        ratios.append(t / steps / t_eigh)
         eighs.append(t_eigh)
-    med = statistics.median
-    return med(steps), med(setup), med(eighs)
+    return statistics.median(ratios), statistics.median(eighs)
 
 
 def main(argv=None):
@@ -90,19 +91,21 @@ def main(argv=None):
     ]
     headline, where = 0.0, ""
     print(
-        f"median of {repeats}; ratio = one step / one eigh of a D × D Gram (a step: the time "
-        "difference of two runs over their step difference); 1 torch thread"
+        f"median of {repeats}; ratio = a run's time per step (its set-up included) / one eigh "
+        "of a D × D Gram timed around it; 1 torch thread"
     )
     for name, prob in problems:
-        short, long = (2, 12) if prob.D <= 256 else (1, 4)
+        steps = 60 if prob.D <= 100 else 15 if prob.D <= 256 else 4
         cells, t_eigh = [], 0.0
         for method, kw in methods:
-            step, setup, t_eigh = _step_cost(prob, method, kw, short, long, repeats)
+            step, t_eigh = _step_cost(prob, method, kw, steps, repeats)
             label = method + ("" if not kw else f" ({kw['policy']})")
-            cells.append(f"{label} {step:.2f} (set-up {setup:.1f})")
+            cells.append(f"{label} {step:.2f}")
             if method == "ours" and not kw and step > headline:
                 headline, where = step, name
-        print(f"{name} (eigh {t_eigh * 1e3:.2f} ms): " + ", ".join(cells))
+        print(
+            f"{name} (eigh {t_eigh * 1e3:.2f} ms, {steps} steps): " + ", ".join(cells)
+        )
     print(
         f"a step of Ours (adaptive) costs at most {headline:.2f} eigh-equivalents "
         f"({where})"

@@ -12,7 +12,7 @@ extreme solver, and how far its θ and κ(H_H) are from the ``eigh`` run's. The 
 headline. ``--quick``: 10 pairs, 8 steps (about a minute on 2 loaded CPU cores); the full mode:
 all 90 pairs, 20 steps. Needs MNIST (``IMMULIB_DATA`` or the cache).
 
-    python -m benchmarks.sweep_solver [--quick] [--device cuda]
+    python -m benchmarks.sweep_solver [--quick] [--device cuda] [--pairs N --steps S --repeats R]
 """
 
 from __future__ import annotations
@@ -33,8 +33,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 pairs, 8 steps")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--pairs", type=int, help="number of pairs (overrides the mode)"
+    )
+    parser.add_argument("--steps", type=int, help="steps (overrides the mode)")
+    parser.add_argument("--repeats", type=int, help="repeats (overrides the mode)")
     args = parser.parse_args(argv)
     n_pairs, steps, repeats = (10, 8, 3) if args.quick else (90, 20, 3)
+    n_pairs, steps, repeats = (
+        args.pairs or n_pairs,
+        args.steps or steps,
+        args.repeats or repeats,
+    )
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     grams = pairs.digit_grams(

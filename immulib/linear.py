@@ -222,11 +222,13 @@ def _sym(A):
     return (A + A.mT) / 2
 
 
-def _eig(H, Hs=None):
+def _eig(H, Hs=None, absmax=None):
     """Eigenvalues (ascending) and eigenvectors of a batch of symmetric matrices, scaled for
     stability (κ and the eigenvectors are scale-free; the eigenvalues are scaled back).
-    ``Hs``: _sym(H), when the caller has it."""
-    s = H.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(H.dtype).tiny)
+    ``Hs``: _sym(H), ``absmax``: max |H| per matrix (keepdim), when the caller has them."""
+    if absmax is None:
+        absmax = H.abs().amax(dim=(-2, -1), keepdim=True)
+    s = absmax.clamp_min(torch.finfo(H.dtype).tiny)
     lam, V = torch.linalg.eigh((_sym(H) if Hs is None else Hs) / s)
     return lam * s[..., 0], V
 
@@ -278,10 +280,8 @@ class _Full:
         return _pick(self.lam, self.lam.shape[-1] - k)
 
     def outer_top(self):
-        top = torch.full(
-            self.lam.shape[:1], self.lam.shape[-1] - 1, device=self.lam.device
-        )
-        return _outer(self.V, top)
+        v = self.V[..., -1:]
+        return v @ v.mT
 
     def outer_at(self, k):
         return _outer(self.V, self.lam.shape[-1] - k)
@@ -614,6 +614,10 @@ def run(
         for b in range(B):
             rows.append(dict(problem=b, step=t, **{k: v[b] for k, v in cols.items()}))
 
+    knobs = dict(
+        eta=eta, rho=rho, delta=delta, LK=LK,
+        use_P=bool((lP > 0).any()), use_H=bool((lH > 0).any()),
+    )  # fmt: skip
     bar = tqdm(
         total=steps, disable=not _progress(progress), desc=desc or method, leave=False
     )
@@ -624,11 +628,16 @@ def run(
         else:
             rawP, rawH = theta.mT @ prob.KP @ theta, theta.mT @ prob.KH @ theta
         g_theta, g_omega, loss = _sup(prob, theta, omega)
-        if not (
-            bool(torch.isfinite(rawP).all())
-            and bool(torch.isfinite(rawH).all())
-            and bool(torch.isfinite(loss).all())
-        ):
+        # the largest |entry| of each Hessian: the scale of its decomposition, and (amax
+        # propagates NaN, |±inf| = inf) the finiteness check, in one pass over each
+        absP = rawP.abs().amax(dim=(-2, -1), keepdim=True)
+        absH = rawH.abs().amax(dim=(-2, -1), keepdim=True)
+        finite = (
+            torch.isfinite(absP).all()
+            & torch.isfinite(absH).all()
+            & torch.isfinite(loss).all()
+        )
+        if not bool(finite):
             raise FloatingPointError(
                 f"{method} diverged at step {t} (non-finite spectrum or loss): lower eta={eta:g}"
                 + (
@@ -644,8 +653,8 @@ def run(
             sP = _Extreme(extreme(HP, "P", **need_P), HP)
             sH = _Extreme(extreme(HH, "H", **need_H), HH)
         else:
-            sP = _Full(*eig(rawP) if solver is not None else _eig(rawP, HP), HP)
-            sH = _Full(*eig(rawH) if solver is not None else _eig(rawH, HH), HH)
+            sP = _Full(*eig(rawP) if solver is not None else _eig(rawP, HP, absP), HP)
+            sH = _Full(*eig(rawH) if solver is not None else _eig(rawH, HH, absH), HH)
         if method == "constrained":  # keep the feasible iterate with the largest κ(H_H)
             kH_t = sH.kappa(kH, "pinv")
             feasible = sP.kappa(kP, "pinv") <= kappa_budget * (1 + 1e-9)
@@ -684,7 +693,7 @@ def run(
         if method in POLICY_METHODS:
             theta = _policy_step(
                 pol, theta, omega, g_theta, (sP, kP), (sH, kH), (lP, lH),
-                dict(eta=eta, rho=rho, delta=delta, LK=LK), prob,
+                knobs, prob,
             )  # fmt: skip
         elif method == "imma":
             theta = adam.step(
@@ -760,14 +769,13 @@ def _policy_step(pol, theta, omega, g_theta, spec_P, spec_H, weights, knobs, pro
     """One full-batch step of ``"ours"``/``"r_well_only"``/``"r_ill_only"`` under ``pol``."""
     (sP, kP), (sH, kH), (lP, lH) = spec_P, spec_H, weights
     eta, rho, delta, LK = knobs["eta"], knobs["rho"], knobs["delta"], knobs["LK"]
-    B, D = theta.shape[0], theta.shape[-1]
-    M = torch.zeros_like(theta)
-    zero = torch.zeros(B, dtype=theta.dtype, device=theta.device)
-    if bool((lP > 0).any()):
+    D = theta.shape[-1]
+    M = None  # 2η_P G_well + 2η_H G_ill
+    if knobs["use_P"]:
         GP = _g_well(sP, sP.H)
         etaP = eta * lP if pol.name == "paper" else lP * rho * _bound_well(sP, kP, D)
-        M = M + 2 * etaP[:, None, None] * GP
-    if bool((lH > 0).any()):
+        M = 2 * etaP[:, None, None] * GP
+    if knobs["use_H"]:
         GH, g, sk = _g_ill(sH, kH, sH.H)
         if pol.name == "paper":
             etaH = eta * lH
@@ -775,11 +783,13 @@ def _policy_step(pol, theta, omega, g_theta, spec_P, spec_H, weights, knobs, pro
             bound = g**2 / (2 * sk * (1 - 1 / kH))
             gnorm = _norm_g_ill(sH, kH, g, sk)
             etaH = lH * torch.minimum(rho * bound, delta / (2 * gnorm))
-        M = M + 2 * torch.where(lH > 0, etaH, zero)[:, None, None] * GH
+        MH = 2 * torch.where(lH > 0, etaH, torch.zeros_like(etaH))[:, None, None] * GH
+        M = MH if M is None else M + MH
     # the supervised θ-step, capped by the inverse Lipschitz constant 2‖ω‖²σ_max(K_s)/N of ∇_θL
     w2 = (omega * omega).sum(-1)
     eta_t = torch.minimum(torch.full_like(w2, eta), prob.Ns / (2 * LK * w2 + 1e-300))
-    return theta - eta_t[:, None, None] * g_theta - theta @ M
+    step = theta - eta_t[:, None, None] * g_theta
+    return step if M is None else step - theta @ M
 
 
 def _imma_grad(prob, theta, omega, mu, inner_steps, kH):
