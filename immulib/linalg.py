@@ -20,6 +20,7 @@ from ._validate import as_float64, choice, nonneg
 __all__ = [
     "CONVENTIONS",
     "SHIFT",
+    "ExtremeEigensolver",
     "as_float64",
     "check_symmetric",
     "condition_number",
@@ -295,3 +296,216 @@ def probe_hessian(theta, K) -> torch.Tensor:
     )
     H = scaled_by_pow2(H, 2 * et + eK)
     return (H + H.T) / 2
+
+
+# ---------------------------------------------------------------------------------------------
+# warm-started extreme eigenpairs of a batch of symmetric positive definite matrices
+
+
+def _qr(S: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis of the columns of S (Householder: orthonormal even if S is not of full
+    column rank; the extra columns then span arbitrary directions, harmless for Rayleigh-Ritz)."""
+    return torch.linalg.qr(S).Q
+
+
+class ExtremeEigensolver:
+    """The largest and the smallest eigenpairs of a batch of symmetric positive definite
+    matrices (B × D × D, float64), by LOBPCG with warm starts: each call starts from the Ritz
+    vectors that the previous call with the same ``key`` returned, with their change over that
+    call as the first search direction.
+
+    The large end uses plain LOBPCG (a block of ``n_top + guard`` vectors), the small end LOBPCG
+    preconditioned with the exact inverse (a Cholesky factor of the call's matrices; a factor
+    of an earlier step preconditions poorly, the spectrum moves by a large fraction of λ_min per
+    step). A wanted pair j has converged when its Ritz value is accurate, ‖r_j‖²/gap_j ≤
+    ``tol``·λ_j (the Rayleigh-quotient error bound, gap_j the distance to the nearest other Ritz
+    value of the block) and, if its vector is wanted, ‖r_j‖/gap_j ≤ ``vtol`` (the bound on the
+    sine of its angle to the eigenvector); a residual at rounding level, ‖r_j‖ ≤ 1e-13·λ_max,
+    always counts as converged. Elements that have not converged after ``max_iter``
+    iterations, or whose Cholesky factorisation fails (not numerically positive definite), get
+    a full ``torch.linalg.eigh``: a *fallback*, counted in :attr:`stats`, never silent
+    (:func:`immulib.linear.run` reports them in its ``info`` and warns).
+
+    Chapter: {ref}`ch-performance`.
+
+    Parameters
+    ----------
+    n_top
+        Largest eigenvalues wanted (≥ 1; a call may ask for fewer).
+    guard
+        Extra vectors in each block (≥ 1): they speed up convergence of the wanted ones.
+    tol, vtol
+        Relative accuracy of the wanted eigenvalues and of the wanted eigenvectors (above).
+    max_iter
+        LOBPCG iterations before an element falls back to ``eigh``.
+    """
+
+    def __init__(
+        self,
+        n_top: int = 2,
+        guard: int = 4,
+        tol: float = 1e-14,
+        vtol: float = 1e-9,
+        max_iter: int = 40,
+    ):
+        from ._validate import integer, positive
+
+        self.n_top = integer(n_top, "n_top", 1)
+        self.guard = integer(guard, "guard", 1)
+        self.tol, self.vtol = positive(tol, "tol"), positive(vtol, "vtol")
+        self.max_iter = integer(max_iter, "max_iter", 1)
+        self._X: dict = {}  # key -> (top block, bottom block, their last changes)
+        self.stats = dict(
+            calls=0, iterations=0, max_iterations=0, fallbacks=0, cholesky=0
+        )
+
+    def reset_stats(self) -> None:
+        """Zero the counters (the warm starts are kept)."""
+        self.stats = {k: 0 for k in self.stats}
+
+    def seed(self, key, lam: torch.Tensor, V: torch.Tensor) -> None:
+        """Warm-start ``key`` from a full decomposition (eigenvalues ascending, eigenvectors)."""
+        m = self.n_top + self.guard
+        if V.shape[-1] < 2 * m:
+            raise ValueError(
+                f"the matrices are too small ({V.shape[-1]} × {V.shape[-1]}) for blocks of "
+                f"{m} vectors at each end: use torch.linalg.eigh"
+            )
+        self._X[key] = (
+            V[..., -m:].clone(),
+            V[..., : self.guard + 1].clone(),
+            None,
+            None,
+        )
+
+    def __call__(
+        self,
+        H: torch.Tensor,
+        key="H",
+        *,
+        top: int | None = None,
+        top_vectors: int | None = None,
+        bottom: bool = True,
+        bottom_vector: bool = True,
+    ) -> dict:
+        """The extreme eigenpairs of the batch ``H`` (symmetric): a dict with ``top`` (B, top)
+        and ``top_vectors`` (B, D, top), ascending, of the ``top`` (default ``n_top``) largest
+        eigenvalues, of which the ``top_vectors`` (default all) largest have converged vectors,
+        and (``bottom=True``) ``bottom`` (B,), ``bottom_vector`` (B, D, 1), the smallest pair
+        (its vector converged if ``bottom_vector``)."""
+        if H.ndim != 3 or H.shape[-1] != H.shape[-2]:
+            raise ValueError(f"H must be B × D × D, got shape {tuple(H.shape)}")
+        top = self.n_top if top is None else top
+        top_vectors = top if top_vectors is None else top_vectors
+        if not 1 <= top <= self.n_top or not 0 <= top_vectors <= top:
+            raise ValueError(
+                f"top must be in 1..{self.n_top} and top_vectors in 0..top, "
+                f"got {top}, {top_vectors}"
+            )
+        B, D, _ = H.shape
+        m_top, m_bot = self.n_top + self.guard, self.guard + 1
+        if D < 2 * m_top:
+            raise ValueError(
+                f"H is too small ({D} × {D}) for blocks of {m_top} vectors: use eigh"
+            )
+        self.stats["calls"] += 1
+        s = H.abs().amax(dim=(-2, -1)).clamp_min(torch.finfo(H.dtype).tiny)
+        Hs = H / s[:, None, None]
+        Xt, Xb, Pt, Pb = self._X.get(key, (None, None, None, None))
+        if Xt is None or Xt.shape[0] != B or Xt.shape[1] != D:
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            rnd = torch.randn(B, D, m_top + m_bot, generator=gen, dtype=H.dtype)
+            rnd = rnd.to(H.device)
+            Xt, Xb, Pt, Pb = rnd[..., :m_top], rnd[..., m_top:], None, None
+        want_t = (slice(m_top - top, m_top), slice(m_top - top_vectors, m_top))
+        lt, Vt, ok, iters = self._lobpcg(Hs, Xt, None, None, want_t, True, Pt)
+        if bottom:
+            L, info = self._factor(Hs)
+            want_b = (slice(0, 1), slice(0, 1 if bottom_vector else 0))
+            lb, Vb, ok_b, it_b = self._lobpcg(Hs, Xb, L, lt[:, -1], want_b, False, Pb)
+            ok = ok & ok_b & (info == 0)
+            iters = max(iters, it_b)
+        self.stats["iterations"] += iters
+        self.stats["max_iterations"] = max(self.stats["max_iterations"], iters)
+        bad = torch.nonzero(~ok).flatten()
+        if len(
+            bad
+        ):  # counted fallbacks: a full eigh of the elements that did not converge
+            self.stats["fallbacks"] += len(bad)
+            lam, V = torch.linalg.eigh(Hs[bad])
+            lt, Vt = lt.clone(), Vt.clone()
+            lt[bad], Vt[bad] = lam[:, -m_top:], V[..., -m_top:]
+            if bottom:
+                lb, Vb = lb.clone(), Vb.clone()
+                lb[bad], Vb[bad] = lam[:, :m_bot], V[..., :m_bot]
+        # the next call starts from these vectors, with their change since this call's start
+        # as LOBPCG's first search direction (the eigenvectors move smoothly along a run)
+        dt = Vt - Xt @ (Xt.mT @ Vt)
+        db = Vb - Xb @ (Xb.mT @ Vb) if bottom else Pb
+        self._X[key] = (Vt, Vb if bottom else Xb, dt, db)
+        out = dict(top=lt[:, -top:] * s[:, None], top_vectors=Vt[..., -top:])
+        if bottom:
+            out.update(bottom=lb[:, 0] * s, bottom_vector=Vb[..., :1])
+        return out
+
+    def _factor(self, Hs):
+        """A Cholesky factor of Hs, and where it failed (info ≠ 0: not numerically positive
+        definite; those elements get the identity and fall back, counted)."""
+        L, info = torch.linalg.cholesky_ex(Hs)
+        eye = torch.eye(Hs.shape[-1], dtype=Hs.dtype, device=Hs.device)
+        L = torch.where((info == 0)[:, None, None], L, eye)
+        self.stats["cholesky"] += 1
+        return L, info
+
+    def _lobpcg(self, H, X, L, lam_max, want, largest, P0=None):
+        """LOBPCG on the batch H from the block X: (Ritz values ascending (B, m), vectors
+        (B, D, m), converged (B,), iterations). ``want``: the block columns whose values and
+        whose vectors must converge; ``L``: Cholesky factor of the preconditioner H⁻¹;
+        ``lam_max``: the scale of the rounding-level residual (default the block's largest).
+
+        The blocks are kept as rows (B, m, D), contiguous, so that every product with H is a
+        row-major (m × D)·(D × D) one (H is symmetric): much faster than H·(D × m) on a strided
+        Q."""
+        m = X.shape[-1]
+        Y = _qr(X).mT  # (B, m, D), rows orthonormal
+        HY = Y @ H
+        theta, U = torch.linalg.eigh(_symm(HY @ Y.mT))
+        Y, HY = U.mT @ Y, U.mT @ HY
+        P = None if P0 is None else P0.mT.contiguous()
+        for it in range(self.max_iter + 1):
+            R = HY - theta[..., None] * Y
+            ok = self._converged(R, theta, want, lam_max)
+            if bool(ok.all()) or it == self.max_iter:
+                return theta, Y.mT, ok, it
+            W = R
+            if L is not None:  # R(LLᵀ)⁻¹ by two triangular solves
+                W = torch.linalg.solve_triangular(L.mT, W, upper=True, left=False)
+                W = torch.linalg.solve_triangular(L, W, upper=False, left=False)
+            S = torch.cat([Y, W] if P is None else [Y, W, P], dim=1)
+            S = _qr(S.mT).mT.contiguous()
+            HS = S @ H
+            th, Us = torch.linalg.eigh(_symm(HS @ S.mT))
+            pick = slice(th.shape[-1] - m, None) if largest else slice(0, m)
+            Ut = Us[..., pick].mT
+            Yn = Ut @ S
+            P = Yn - (Yn @ Y.mT) @ Y
+            Y, HY, theta = Yn, Ut @ HS, th[..., pick]
+        raise AssertionError("unreachable")
+
+    def _converged(self, R, theta, want, lam_max):
+        """(B,) whether every wanted value (and wanted vector) of the block has converged."""
+        vals, vecs = want
+        r = R.norm(dim=-1)  # (B, m)
+        big = theta[:, -1] if lam_max is None else lam_max
+        d = theta.diff(dim=-1).abs()  # gaps between neighbouring Ritz values
+        inf = torch.full_like(d[:, :1], math.inf)
+        gap = torch.minimum(torch.cat([inf, d], -1), torch.cat([d, inf], -1))
+        gap = gap.clamp_min(torch.finfo(theta.dtype).tiny)
+        floor = r <= 1e-13 * big[:, None]
+        ok_val = (r**2 / gap <= self.tol * theta.abs()) | floor
+        ok_vec = (r / gap <= self.vtol) | floor
+        return ok_val[:, vals].all(-1) & ok_vec[:, vecs].all(-1)
+
+
+def _symm(A):
+    return (A + A.mT) / 2

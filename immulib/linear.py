@@ -55,7 +55,7 @@ from ._validate import (
     threads,
 )
 from ._validate import progress as _progress
-from .linalg import CONVENTIONS, SHIFT, gram
+from .linalg import CONVENTIONS, SHIFT, ExtremeEigensolver, gram
 from .results import ImmunizationResult
 
 __all__ = [
@@ -222,11 +222,14 @@ def _sym(A):
     return (A + A.mT) / 2
 
 
-def _eig(H):
+def _eig(H, Hs=None, absmax=None):
     """Eigenvalues (ascending) and eigenvectors of a batch of symmetric matrices, scaled for
-    stability (κ and the eigenvectors are scale-free; the eigenvalues are scaled back)."""
-    s = H.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(H.dtype).tiny)
-    lam, V = torch.linalg.eigh(_sym(H) / s)
+    stability (κ and the eigenvectors are scale-free; the eigenvalues are scaled back).
+    ``Hs``: _sym(H), ``absmax``: max |H| per matrix (keepdim), when the caller has them."""
+    if absmax is None:
+        absmax = H.abs().amax(dim=(-2, -1), keepdim=True)
+    s = absmax.clamp_min(torch.finfo(H.dtype).tiny)
+    lam, V = torch.linalg.eigh((_sym(H) if Hs is None else Hs) / s)
     return lam * s[..., 0], V
 
 
@@ -255,41 +258,127 @@ def _outer(V, j):
     return v @ v.mT
 
 
-def _rebuilt(lam, V, H):
-    """H itself when the caller has it (saves a D³ product), else V diag(λ) Vᵀ."""
-    return _sym(H) if H is not None else (V * lam[:, None, :]) @ V.mT
+class _Full:
+    """What the engine reads of a batch of Hessians, from a full decomposition (λ ascending, V).
+    ``H``: the (exactly symmetric) matrices decomposed, when the caller has them."""
+
+    __slots__ = ("lam", "V", "H")
+
+    def __init__(self, lam, V, H=None):
+        self.lam, self.V, self.H = lam, V, H
+
+    @property
+    def top(self):
+        return self.lam[:, -1]
+
+    @property
+    def second(self):
+        return self.lam[:, -2]
+
+    def at(self, k):
+        """σ_k, the k-th largest eigenvalue (k: (B,) ranks)."""
+        return _pick(self.lam, self.lam.shape[-1] - k)
+
+    def outer_top(self):
+        v = self.V[..., -1:]
+        return v @ v.mT
+
+    def outer_at(self, k):
+        return _outer(self.V, self.lam.shape[-1] - k)
+
+    def rebuilt(self):
+        """H itself when the caller has it (saves a D³ product), else V diag(λ) Vᵀ."""
+        if self.H is not None:
+            return self.H
+        return (self.V * self.lam[:, None, :]) @ self.V.mT
+
+    def fro2(self):
+        return (self.lam**2).sum(-1)
+
+    def rank(self):
+        return _rank(self.lam)
+
+    def kappa(self, k, convention):
+        return _kappa(self.lam, k, convention)
+
+    def dev_max(self, k, sk):
+        """max_i |σ_i/k − [i = k]σ_k| (the numerator of ‖∇R_ill‖₂)."""
+        D = self.lam.shape[-1]
+        d = -self.lam / k[:, None]
+        d = d.scatter_add(-1, (D - k)[:, None], sk[:, None])
+        return d.abs().amax(-1)
 
 
-def _g_well(lam, V, H=None):
-    """∇R_well(H) = σ₁v₁v₁ᵀ − H/p from H's eigen-decomposition (batched)."""
-    p = lam.shape[-1]
-    top = torch.full(lam.shape[:1], p - 1, device=lam.device)
-    return _sym(lam[:, -1, None, None] * _outer(V, top) - _rebuilt(lam, V, H) / p)
+class _Extreme:
+    """The same from an extreme-eigenpair solver (:class:`immulib.linalg.ExtremeEigensolver`):
+    the two largest and the smallest eigenpair of full-rank Hessians (k = D), and H itself."""
+
+    __slots__ = ("top", "second", "low", "v_top", "v_low", "H")
+
+    def __init__(self, out, H):
+        self.top, self.low = out["top"][:, -1], out["bottom"]
+        self.second = out["top"][:, -2] if out["top"].shape[-1] > 1 else None
+        self.v_top, self.v_low = out["top_vectors"][..., -1:], out["bottom_vector"]
+        self.H = H
+
+    def at(self, k):
+        return self.low  # k = D (checked by run)
+
+    def outer_top(self):
+        return self.v_top @ self.v_top.mT
+
+    def outer_at(self, k):
+        return self.v_low @ self.v_low.mT
+
+    def rebuilt(self):
+        return self.H
+
+    def fro2(self):
+        return (self.H * self.H).sum((-2, -1))
+
+    def rank(self):
+        D = self.H.shape[-1]
+        return torch.full_like(self.low, D, dtype=torch.long)
+
+    def kappa(self, k, convention):
+        if convention == "pinv":
+            return self.top / self.low
+        inf = torch.full_like(self.low, math.inf)
+        return (self.top + SHIFT) / torch.where(self.low > 0, self.low + SHIFT, inf)
+
+    def dev_max(self, k, sk):
+        return torch.maximum(self.top / k, (sk - sk / k).abs())
 
 
-def _g_ill(lam, V, k, H=None):
+def _g_well(s, H=None):
+    """∇R_well(H) = σ₁v₁v₁ᵀ − H/p from H's spectrum (batched; H symmetric)."""
+    p = s.H.shape[-1] if isinstance(s, _Extreme) else s.lam.shape[-1]
+    rebuilt = H is None and s.H is None  # V diag(λ) Vᵀ is symmetric only up to rounding
+    G = s.top[:, None, None] * s.outer_top() - (s.rebuilt() if H is None else H) / p
+    return _sym(G) if rebuilt else G
+
+
+def _g_ill(s, k, H=None):
     """(∇R_ill(H), g) with ∇R_ill = (σ_k v_k v_kᵀ − H/k)/g², g = ‖H‖_F²/(2k) − σ_k²/2 (Eq. (13))."""
-    D = lam.shape[-1]
-    j = D - k
-    sk = _pick(lam, j)
-    g = (lam**2).sum(-1) / (2 * k) - sk**2 / 2
-    G = sk[:, None, None] * _outer(V, j) - _rebuilt(lam, V, H) / k[:, None, None]
-    return _sym(G / (g**2)[:, None, None]), g, sk
+    sk = s.at(k)
+    g = s.fro2() / (2 * k) - sk**2 / 2
+    rebuilt = H is None and s.H is None
+    H = s.rebuilt() if H is None else H
+    G = (sk[:, None, None] * s.outer_at(k) - H / k[:, None, None]) / (g**2)[
+        :, None, None
+    ]
+    return (_sym(G) if rebuilt else G), g, sk
 
 
-def _norm_g_ill(lam, k, g, sk):
+def _norm_g_ill(s, k, g, sk):
     """‖∇R_ill(H)‖₂ from the eigenvalues: max_i |σ_i/k − [i = k]σ_k| / g²."""
-    D = lam.shape[-1]
-    d = -lam / k[:, None]
-    d = d.scatter_add(-1, (D - k)[:, None], sk[:, None])
-    return d.abs().amax(-1) / g**2
+    return s.dev_max(k, sk) / g**2
 
 
-def _bound_well(lam, k):
+def _bound_well(s, k, p):
     """The Theorem 4.3 (1) step bound (immulib.regularizers.safe_step_r_well), batched."""
-    p = lam.shape[-1]
-    s1, s2 = lam[:, -1], lam[:, -2].clamp_min(0)
-    smin = _pick(lam, p - k).clamp_min(0)
+    s1, s2 = s.top, s.second.clamp_min(0)
+    smin = s.at(k).clamp_min(0)
     first = (1 - torch.sqrt(smin / s1)) / (2 * s1 * (1 - 1 / p))
     second = torch.where(
         s2 > 0,
@@ -300,15 +389,9 @@ def _bound_well(lam, k):
     return torch.where(s1 - smin <= reg.UNIQUE_RTOL * s1, torch.zeros_like(out), out)
 
 
-def _grad_log_kappa(theta, K, lam, V, k):
+def _grad_log_kappa(theta, K, s, k):
     """∇_θ log κ(θᵀKθ) = 2Kθ(v₁v₁ᵀ/σ₁ − v_kv_kᵀ/σ_k) (σ_k: the k-th largest eigenvalue)."""
-    D = lam.shape[-1]
-    top = torch.full(lam.shape[:1], D - 1, device=lam.device)
-    j = D - k
-    M = (
-        _outer(V, top) / lam[:, -1, None, None]
-        - _outer(V, j) / _pick(lam, j)[:, None, None]
-    )
+    M = s.outer_top() / s.top[:, None, None] - s.outer_at(k) / s.at(k)[:, None, None]
     return 2 * K @ theta @ M
 
 
@@ -375,7 +458,7 @@ def run(
     omega_init=None,
     record_every: int = 10,
     conventions: tuple[str, ...] = ("pinv",),
-    solver: Callable | None = None,
+    solver: Callable | str | ExtremeEigensolver | None = None,
     progress: bool | None = None,
     desc: str | None = None,
 ):
@@ -384,10 +467,16 @@ def run(
     Returns ``(theta (B, D, D), omega (B, D), history, info)``: ``history`` a DataFrame with one
     row per problem and recorded step (``problem``, ``step``, ``kappa_P``, ``kappa_H`` per
     convention, ``loss_P``), ``info`` a dict (``lam_P``, ``lam_H``: the weights used, per problem;
-    ``restoration_steps`` of the constrained method). ``solver(H) -> (eigenvalues ascending,
-    eigenvectors)`` replaces the batched ``torch.linalg.eigh`` (each Hessian is decomposed once
-    per step, and that decomposition serves every term, bound and history entry). Knobs: see
-    :func:`immunize`. The ``"released"`` policy needs the rows of X: use :func:`immunize`.
+    ``restoration_steps`` of the constrained method; ``solver``: the extreme solver's counters).
+    Each Hessian is decomposed once per step, and that decomposition serves every term, bound
+    and history entry (θ_0's also the weights and ranks; K_P is decomposed once per run).
+    ``solver``: None or ``"eigh"`` (the batched ``torch.linalg.eigh``), a callable
+    ``H -> (eigenvalues ascending, eigenvectors)`` in its place, or ``"extreme"`` / an
+    :class:`immulib.linalg.ExtremeEigensolver`: only the eigenpairs the terms read (σ₁, v₁, σ₂,
+    σ_min of H_P; σ₁, σ_min, v_min of H_H), by warm-started LOBPCG; it needs full-rank
+    Hessians, and its fallbacks to ``eigh`` are counted in ``info["solver"]`` and warned about.
+    Knobs: see :func:`immunize`. The ``"released"`` policy needs the rows of X: use
+    :func:`immunize`.
 
     Chapter: {ref}`ch-house-prices`.
     """
@@ -412,7 +501,7 @@ def run(
         choice(c, "conventions", CONVENTIONS)
     if method == "imma" and prob.bH is None:
         raise ValueError('method="imma" needs the harmful targets yH')
-    eig = solver or _eig
+    eig, extreme = _solvers(solver)
     B, D, dev = prob.B, prob.D, prob.KP.device
     theta = (
         torch.eye(D, dtype=torch.float64, device=dev).expand(B, D, D).clone()
@@ -432,17 +521,33 @@ def run(
             else (0.1 if method == "constrained" else 1e-2)
         )
     eta = positive(eta, "eta")
-    lamP0, VP0 = eig(theta.mT @ prob.KP @ theta)
-    lamH0, VH0 = eig(theta.mT @ prob.KH @ theta)
+    # θ_0's Hessians, decomposed once: for the ranks, the weights and the loop's step 0
+    rawP0, rawH0 = theta.mT @ prob.KP @ theta, theta.mT @ prob.KH @ theta
+    lamP0, VP0 = eig(rawP0)
+    lamH0, VH0 = eig(rawH0)
     kP, kH = _rank(lamP0), _rank(lamH0)
     if bool((kH < 2).any()) or bool((kP < 2).any()):
         raise ValueError(
             "H_P(θ_0) and H_H(θ_0) need rank >= 2 for κ and the regularizers"
         )
-    lamK = eig(prob.KP)[0]
-    kappa_budget = _kappa(
-        lamK, _rank(lamK), "pinv"
-    )  # κ(K_P) = κ(H_P(I)): Definition 3.1 (b)
+    if extreme is not None:
+        if not (bool((kP == D).all()) and bool((kH == D).all())):
+            raise ValueError(
+                "the extreme eigensolver needs full-rank Hessians (σ_k is then the smallest "
+                "eigenvalue; of a singular one it lies inside the spectrum): use solver=None"
+            )
+        extreme.seed("P", lamP0, VP0)
+        extreme.seed("H", lamH0, VH0)
+        # what each Hessian's terms read: R_well σ₁, v₁, σ₂ and σ_min (its bound); R_ill σ_min,
+        # v_min and σ₁ (its norm); the log κ gradients both ends' vectors
+        if method in POLICY_METHODS:
+            need_P = dict(top=2, top_vectors=1, bottom_vector=False)
+            need_H = dict(top=1, top_vectors=0, bottom_vector=True)
+        else:
+            need_P = need_H = dict(top=1, top_vectors=1, bottom_vector=True)
+    # K_P decomposed once: κ(K_P) = κ(H_P(I)) (Definition 3.1 (b)) and, constrained, K_P⁺
+    lamK, VK = eig(prob.KP)
+    kappa_budget = _kappa(lamK, _rank(lamK), "pinv")
 
     # the weights of the regularizers
     on_P = 0.0 if method == "r_ill_only" else 1.0
@@ -455,8 +560,8 @@ def run(
         # balance the two preconditioned gradient norms at θ_0, each scaled so that η·λ·‖2θG‖ is
         # η times the relative size of θ: λ_P = ‖θ‖/‖2θG_well‖, λ_H = ‖θ‖/‖2θG_ill‖
         nth = theta.flatten(1).norm(dim=1)
-        GP0 = _g_well(lamP0, VP0)
-        GH0 = _g_ill(lamH0, VH0, kH)[0]
+        GP0 = _g_well(_Full(lamP0, VP0))
+        GH0 = _g_ill(_Full(lamH0, VH0), kH)[0]
         lP = (
             nth / (2 * theta @ GP0).flatten(1).norm(dim=1)
             if lam_P is None
@@ -482,37 +587,57 @@ def run(
     if (
         method == "constrained"
     ):  # K_P⁺ (pseudo-inverse: the authors' setup has a singular K_P)
-        lamK_, VK = eig(prob.KP)
         inv = torch.where(
-            lamK_ > lamK_[:, -1:] * D * EPS, 1 / lamK_, torch.zeros_like(lamK_)
+            lamK > lamK[:, -1:] * D * EPS, 1 / lamK, torch.zeros_like(lamK)
         )
         KP_pinv = _sym((VK * inv[:, None, :]) @ VK.mT)
         best_kH = torch.full((B,), -math.inf, dtype=torch.float64, device=dev)
         best_theta, best_omega = theta.clone(), omega.clone()
-    LK = eig(prob.Ks)[0][:, -1]
+    LK = lamK[:, -1] if prob.Ks is prob.KP else eig(prob.Ks)[0][:, -1]
+    # the supervised rows are D_P ∪ D_H (the sweep's a-vs-b head): λ_max(θᵀK_sθ) is then at
+    # most λ_max(H_P) + λ_max(H_H), and the head's cap needs no decomposition while that bound
+    # already keeps it above η
+    ks_is_sum = (
+        prob.Ks is not prob.KP
+        and prob.Ks.shape == prob.KP.shape
+        and bool(torch.equal(prob.Ks, prob.KP + prob.KH))
+    )
     rows = []
 
-    def record(t, lamP, lamH, loss):
+    def record(t, sP, sH, loss):
+        cols = {"loss_P": loss.tolist()}
+        rP, rH = sP.rank(), sH.rank()
+        for c in conventions:
+            suffix = "" if c == conventions[0] else f"_{c}"
+            cols["kappa_P" + suffix] = sP.kappa(rP, c).tolist()
+            cols["kappa_H" + suffix] = sH.kappa(rH, c).tolist()
         for b in range(B):
-            row = dict(problem=b, step=t, loss_P=float(loss[b]))
-            for c in conventions:
-                suffix = "" if c == conventions[0] else f"_{c}"
-                row["kappa_P" + suffix] = float(_kappa(lamP, _rank(lamP), c)[b])
-                row["kappa_H" + suffix] = float(_kappa(lamH, _rank(lamH), c)[b])
-            rows.append(row)
+            rows.append(dict(problem=b, step=t, **{k: v[b] for k, v in cols.items()}))
 
+    knobs = dict(
+        eta=eta, rho=rho, delta=delta, LK=LK,
+        use_P=bool((lP > 0).any()), use_H=bool((lH > 0).any()),
+    )  # fmt: skip
     bar = tqdm(
         total=steps, disable=not _progress(progress), desc=desc or method, leave=False
     )
     omega_t = omega
     for t in range(steps + 1):
-        HP, HH = theta.mT @ prob.KP @ theta, theta.mT @ prob.KH @ theta
+        if t == 0:
+            rawP, rawH = rawP0, rawH0
+        else:
+            rawP, rawH = theta.mT @ prob.KP @ theta, theta.mT @ prob.KH @ theta
         g_theta, g_omega, loss = _sup(prob, theta, omega)
-        if not (
-            bool(torch.isfinite(HP).all())
-            and bool(torch.isfinite(HH).all())
-            and bool(torch.isfinite(loss).all())
-        ):
+        # the largest |entry| of each Hessian: the scale of its decomposition, and (amax
+        # propagates NaN, |±inf| = inf) the finiteness check, in one pass over each
+        absP = rawP.abs().amax(dim=(-2, -1), keepdim=True)
+        absH = rawH.abs().amax(dim=(-2, -1), keepdim=True)
+        finite = (
+            torch.isfinite(absP).all()
+            & torch.isfinite(absH).all()
+            & torch.isfinite(loss).all()
+        )
+        if not bool(finite):
             raise FloatingPointError(
                 f"{method} diverged at step {t} (non-finite spectrum or loss): lower eta={eta:g}"
                 + (
@@ -521,44 +646,62 @@ def run(
                     else f", mu={mu:g}"
                 )
             )
-        lamP, VP = eig(HP)
-        lamH, VH = eig(HH)
+        HP, HH = _sym(rawP), _sym(rawH)
+        if t == 0:  # the decompositions of θ_0 made above
+            sP, sH = _Full(lamP0, VP0, HP), _Full(lamH0, VH0, HH)
+        elif extreme is not None:
+            sP = _Extreme(extreme(HP, "P", **need_P), HP)
+            sH = _Extreme(extreme(HH, "H", **need_H), HH)
+        else:
+            sP = _Full(*eig(rawP) if solver is not None else _eig(rawP, HP, absP), HP)
+            sH = _Full(*eig(rawH) if solver is not None else _eig(rawH, HH, absH), HH)
         if method == "constrained":  # keep the feasible iterate with the largest κ(H_H)
-            kH_t = _kappa(lamH, kH, "pinv")
-            feasible = _kappa(lamP, kP, "pinv") <= kappa_budget * (1 + 1e-9)
+            kH_t = sH.kappa(kH, "pinv")
+            feasible = sP.kappa(kP, "pinv") <= kappa_budget * (1 + 1e-9)
             better = feasible & (kH_t > best_kH)
             best_kH = torch.where(better, kH_t, best_kH)
             best_theta = torch.where(better[:, None, None], theta, best_theta)
             best_omega = torch.where(better[:, None], omega, best_omega)
         if t % record_every == 0 or t == steps:
-            record(t, lamP, lamH, loss)
+            record(t, sP, sH, loss)
         if t == steps:
             break
         # the head: a gradient step on L, capped by the inverse Lipschitz constant Ns/(2σ_max(θᵀKsθ))
-        top = (
-            lamP[:, -1]
-            if prob.Ks is prob.KP
-            else torch.linalg.eigvalsh(_sym(theta.mT @ prob.Ks @ theta))[:, -1]
-        )
-        cap = prob.Ns / (2 * top)
-        eta_w = (
-            torch.minimum(torch.full_like(cap, eta), cap)
-            if method in POLICY_METHODS
-            else cap
-        )
+        if prob.Ks is prob.KP:
+            cap = prob.Ns / (2 * sP.top)
+        elif (
+            method in POLICY_METHODS
+            and ks_is_sum
+            and bool((prob.Ns / (2 * (sP.top + sH.top) * (1 + 1e-6)) > eta).all())
+        ):
+            cap = None  # above η: min(η, cap) = η
+        else:
+            HS = _sym(theta.mT @ prob.Ks @ theta)
+            top = (
+                torch.linalg.eigvalsh(HS)[:, -1]
+                if extreme is None
+                else extreme(HS, "S", top=1, top_vectors=0, bottom=False)["top"][:, -1]
+            )
+            cap = prob.Ns / (2 * top)
+        if cap is None:
+            eta_w = torch.full_like(prob.Ns, eta)
+        elif method in POLICY_METHODS:
+            eta_w = torch.minimum(torch.full_like(cap, eta), cap)
+        else:
+            eta_w = cap
         omega_t = omega - eta_w[:, None] * g_omega
         if method in POLICY_METHODS:
             theta = _policy_step(
-                pol, theta, omega, g_theta, (lamP, VP, kP, HP), (lamH, VH, kH, HH), (lP, lH),
-                dict(eta=eta, rho=rho, delta=delta, LK=LK), prob,
+                pol, theta, omega, g_theta, (sP, kP), (sH, kH), (lP, lH),
+                knobs, prob,
             )  # fmt: skip
         elif method == "imma":
             theta = adam.step(
                 theta, _imma_grad(prob, theta, omega, mu, inner_steps, kH)
             )
         else:
-            gHk = _grad_log_kappa(theta, prob.KH, lamH, VH, kH)
-            gPk = _grad_log_kappa(theta, prob.KP, lamP, VP, kP)
+            gHk = _grad_log_kappa(theta, prob.KH, sH, kH)
+            gPk = _grad_log_kappa(theta, prob.KP, sP, kP)
             if method == "opt_kappa":
                 grad = g_theta + mu * (gPk - gHk)
                 theta = adam.step(theta, grad)
@@ -566,7 +709,7 @@ def run(
                 # K_P⁻¹-preconditioned (as Algorithm 1 preconditions R_well) and normalised:
                 # ‖Δθ‖_F = η‖θ‖_F, so η is the relative change of θ per step
                 viol = (
-                    torch.log(_kappa(lamP, kP, "pinv")) - torch.log(kappa_budget)
+                    torch.log(sP.kappa(kP, "pinv")) - torch.log(kappa_budget)
                 ).clamp_min(0)
                 P = KP_pinv @ (-gHk + 2 * beta * viol[:, None, None] * gPk)
                 scale = theta.flatten(1).norm(dim=1) / P.flatten(1).norm(
@@ -592,34 +735,61 @@ def run(
             eig(theta.mT @ prob.KH @ theta)[0],
         )
         rows = [r for r in rows if r["step"] != steps]
-        record(steps, lamP, lamH, _sup(prob, theta, omega)[2])
+        record(steps, _Full(lamP, None), _Full(lamH, None), _sup(prob, theta, omega)[2])
+    if extreme is not None:
+        info["solver"] = dict(extreme.stats)
+        if extreme.stats["fallbacks"]:
+            warnings.warn(
+                f"the extreme eigensolver fell back to a full eigh for "
+                f"{extreme.stats['fallbacks']} matrices (of {2 * B * steps}); see info['solver']",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     return theta, omega, pd.DataFrame(rows), info
+
+
+def _solvers(solver):
+    """(the full decomposition used at θ_0 and, with solver None or a callable, in the loop;
+    the extreme-eigenpair solver of the loop or None)."""
+    if solver is None or solver == "eigh":
+        return _eig, None
+    if solver == "extreme":
+        return _eig, ExtremeEigensolver()
+    if isinstance(solver, ExtremeEigensolver):
+        return _eig, solver
+    if callable(solver) and not isinstance(solver, str):
+        return solver, None
+    raise TypeError(
+        'solver must be None/"eigh", "extreme", an immulib.linalg.ExtremeEigensolver or a '
+        f"callable H -> (eigenvalues ascending, eigenvectors), got {solver!r}"
+    )
 
 
 def _policy_step(pol, theta, omega, g_theta, spec_P, spec_H, weights, knobs, prob):
     """One full-batch step of ``"ours"``/``"r_well_only"``/``"r_ill_only"`` under ``pol``."""
-    (lamP, VP, kP, HP), (lamH, VH, kH, HH), (lP, lH) = spec_P, spec_H, weights
+    (sP, kP), (sH, kH), (lP, lH) = spec_P, spec_H, weights
     eta, rho, delta, LK = knobs["eta"], knobs["rho"], knobs["delta"], knobs["LK"]
-    B = theta.shape[0]
-    M = torch.zeros_like(theta)
-    zero = torch.zeros(B, dtype=theta.dtype, device=theta.device)
-    if bool((lP > 0).any()):
-        GP = _g_well(lamP, VP, HP)
-        etaP = eta * lP if pol.name == "paper" else lP * rho * _bound_well(lamP, kP)
-        M = M + 2 * etaP[:, None, None] * GP
-    if bool((lH > 0).any()):
-        GH, g, sk = _g_ill(lamH, VH, kH, HH)
+    D = theta.shape[-1]
+    M = None  # 2η_P G_well + 2η_H G_ill
+    if knobs["use_P"]:
+        GP = _g_well(sP, sP.H)
+        etaP = eta * lP if pol.name == "paper" else lP * rho * _bound_well(sP, kP, D)
+        M = 2 * etaP[:, None, None] * GP
+    if knobs["use_H"]:
+        GH, g, sk = _g_ill(sH, kH, sH.H)
         if pol.name == "paper":
             etaH = eta * lH
         else:  # its own bound (Theorem 4.3 (2)) and a trust region ‖2η_H G_ill‖₂ ≤ δ
             bound = g**2 / (2 * sk * (1 - 1 / kH))
-            gnorm = _norm_g_ill(lamH, kH, g, sk)
+            gnorm = _norm_g_ill(sH, kH, g, sk)
             etaH = lH * torch.minimum(rho * bound, delta / (2 * gnorm))
-        M = M + 2 * torch.where(lH > 0, etaH, zero)[:, None, None] * GH
+        MH = 2 * torch.where(lH > 0, etaH, torch.zeros_like(etaH))[:, None, None] * GH
+        M = MH if M is None else M + MH
     # the supervised θ-step, capped by the inverse Lipschitz constant 2‖ω‖²σ_max(K_s)/N of ∇_θL
     w2 = (omega * omega).sum(-1)
     eta_t = torch.minimum(torch.full_like(w2, eta), prob.Ns / (2 * LK * w2 + 1e-300))
-    return theta - eta_t[:, None, None] * g_theta - theta @ M
+    step = theta - eta_t[:, None, None] * g_theta
+    return step if M is None else step - theta @ M
 
 
 def _imma_grad(prob, theta, omega, mu, inner_steps, kH):
@@ -652,9 +822,11 @@ def _restore(theta, prob, kP, budget, rho, eig, max_steps: int = 10_000):
         if not bool(over.any()):
             break
         etaP = torch.where(
-            over, rho * _bound_well(lam, kP), torch.zeros_like(lam[:, 0])
+            over,
+            rho * _bound_well(_Full(lam, V), kP, lam.shape[-1]),
+            torch.zeros_like(lam[:, 0]),
         )
-        theta = theta - 2 * theta @ (etaP[:, None, None] * _g_well(lam, V))
+        theta = theta - 2 * theta @ (etaP[:, None, None] * _g_well(_Full(lam, V)))
         for b in torch.nonzero(over).flatten().tolist():
             counts[b] += 1
     return theta, counts

@@ -315,7 +315,9 @@ def sweep(
     thetas
         If a dict, the immunized θ of every pair is stored in it under the key (a, b) (on the CPU).
     kw
-        Passed to :func:`immulib.linear.run` (``policy``, ``eta``, ``lam_P``, ``lam_H``, ``mu``, ...).
+        Passed to :func:`immulib.linear.run` (``policy``, ``eta``, ``lam_P``, ``lam_H``, ``mu``, ...;
+        ``solver``: an :class:`immulib.linalg.ExtremeEigensolver` for the warm-started extreme
+        eigenpairs instead of a full ``eigh`` per step, with its fallbacks in its ``stats``).
 
     Returns
     -------

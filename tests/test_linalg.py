@@ -180,3 +180,46 @@ def test_every_public_function_names_an_existing_chapter_label():
             assert set(found) <= labels, (
                 f"{module.__name__}.{name}: unknown label(s) {set(found) - labels}"
             )
+
+
+def _spd_batch(seed, B=4, D=40, kappa=1e5):
+    """SPD matrices with eigenvalues spread geometrically over [1, κ] and random eigenbases."""
+    gen = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(B, D, D, generator=gen, dtype=torch.float64)).Q
+    lam = torch.logspace(0, np.log10(kappa), D, dtype=torch.float64)
+    lam = lam * (1 + 0.01 * torch.rand(B, D, generator=gen, dtype=torch.float64))
+    H = (Q * lam[:, None, :]) @ Q.mT
+    return (H + H.mT) / 2
+
+
+def test_extreme_eigensolver_matches_eigh_cold_and_warm_and_counts_fallbacks():
+    H = _spd_batch(0)
+    solver = linalg.ExtremeEigensolver()
+    for step in range(3):  # a cold start, then warm starts along a slowly moving batch
+        if step:
+            gen = torch.Generator().manual_seed(step)
+            E = 1e-3 * torch.randn(H.shape, generator=gen, dtype=torch.float64)
+            T = torch.eye(H.shape[-1], dtype=torch.float64) + E
+            H = T.mT @ H @ T
+            H = (H + H.mT) / 2
+        lam, V = torch.linalg.eigh(H)
+        out = solver(H, "x")
+        torch.testing.assert_close(out["top"], lam[:, -2:], rtol=1e-8, atol=0)
+        torch.testing.assert_close(out["bottom"], lam[:, 0], rtol=1e-8, atol=0)
+        cos_top = (out["top_vectors"][..., -1] * V[..., -1]).sum(-1).abs()
+        cos_low = (out["bottom_vector"][..., 0] * V[..., 0]).sum(-1).abs()
+        assert float((1 - cos_top).abs().max()) < 1e-12
+        assert float((1 - cos_low).abs().max()) < 1e-12
+    assert solver.stats["fallbacks"] == 0 and solver.stats["calls"] == 3
+    warm = solver.stats["iterations"]
+    # one iteration cannot converge from a random start: every element falls back, counted
+    strict = linalg.ExtremeEigensolver(max_iter=1)
+    out = strict(_spd_batch(5), "y")
+    lam = torch.linalg.eigvalsh(_spd_batch(5))
+    assert strict.stats["fallbacks"] == 4
+    torch.testing.assert_close(out["bottom"], lam[:, 0], rtol=1e-10, atol=0)
+    assert warm > 0
+    with pytest.raises(ValueError, match="too small"):
+        linalg.ExtremeEigensolver()(torch.eye(8, dtype=torch.float64)[None], "z")
+    with pytest.raises(ValueError, match="top"):
+        solver(H, "x", top=3)

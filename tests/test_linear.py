@@ -3,6 +3,7 @@
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -277,3 +278,165 @@ def test_divergence_names_the_step_and_weights_and_a_frozen_theta_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         lin.immunize(XP, yP, XH, steps=3, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# the speed work (issue 11) changed no result: numbers frozen from main before it
+
+
+#: per method: θ.sum, (θ²).sum, θ[0, 1], θ[-1, -2], ω.sum, (ω²).sum, and the sums of the
+#: history's kappa_P, kappa_H, loss_P and its length, of immunize(_task(seed=3), steps=7,
+#: seed=1, record_every=2), computed on main at commit 24767df
+FROZEN = {
+    "constrained": [
+        6.597117498953207,
+        7.556838950365311,
+        -0.037821667922133095,
+        -0.2715924234877719,
+        -1.9906769724063056,
+        5.392751172852082,
+        94.37314748847015,
+        893.6275235247616,
+        68.04455622892395,
+        5,
+    ],
+    "imma": [
+        7.372673504918211,
+        8.235180731664911,
+        -0.026170559908251047,
+        0.03877856227043343,
+        -1.8487450770984397,
+        4.6621701070767605,
+        94.72225346001245,
+        312.05213689133393,
+        45.632265118542264,
+        5,
+    ],
+    "opt_kappa": [
+        7.654421834733027,
+        8.190973285303837,
+        -0.0646422066255414,
+        0.04611264271961104,
+        -1.7733632353618294,
+        4.662105802153931,
+        93.58130344923163,
+        342.2246506935477,
+        45.690559980667295,
+        5,
+    ],
+    "ours": [
+        4.9193400918630665,
+        4.587527822039407,
+        -0.0292017967016694,
+        0.025461237539045903,
+        -0.26214038570157494,
+        0.6760324584917461,
+        60.46876609665567,
+        273.41436509445276,
+        226.7239675454755,
+        5,
+    ],
+    "ourspaper": [
+        8.248599163593497,
+        9.355327987714933,
+        -0.004674808150805315,
+        0.1271742048969822,
+        -0.9699943938004839,
+        1.9740895360663626,
+        151.97719817119963,
+        315.2340506953046,
+        68.1159181619717,
+        5,
+    ],
+    "r_ill_only": [
+        8.204787771753002,
+        8.84870214585389,
+        -0.0065552070826010445,
+        0.041183292527953025,
+        -0.4030995169869031,
+        0.7871765399841553,
+        110.82552518645846,
+        278.7115920743346,
+        151.24860320389487,
+        5,
+    ],
+    "r_well_only": [
+        4.882201770164508,
+        4.826676148043591,
+        0.008244474752131034,
+        -0.0058304177779747385,
+        -0.25883830305201305,
+        0.67558705091238,
+        60.189130787490264,
+        261.6146863608857,
+        226.2500801400212,
+        5,
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(FROZEN))
+def test_results_equal_the_frozen_reference_of_main(name):
+    XP, yP, XH, yH = _task(seed=3)
+    method, policy = ("ours", "paper") if name == "ourspaper" else (name, "adaptive")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = lin.immunize(XP, yP, XH, yH=yH, method=method, policy=policy, steps=7,
+                         seed=1, record_every=2, progress=False)  # fmt: skip
+    th, om, h = r.theta, r.omega, r.history
+    got = [
+        float(th.sum()), float((th**2).sum()), float(th.reshape(-1)[1]),
+        float(th.reshape(-1)[-2]), float(om.sum()), float((om**2).sum()),
+        float(h.kappa_P.sum()), float(h.kappa_H.sum()), float(h.loss_P.sum()), len(h),
+    ]  # fmt: skip
+    np.testing.assert_allclose(got, FROZEN[name], rtol=1e-9, atol=0)
+
+
+def test_record_every_thins_the_history_and_changes_nothing_else():
+    prob = lin.Problem.from_data(*_task(seed=2)[:3])
+    full = lin.run(prob, "ours", steps=9, record_every=1, progress=False)
+    thin = lin.run(prob, "ours", steps=9, record_every=4, progress=False)
+    assert torch.equal(full[0], thin[0]) and torch.equal(full[1], thin[1])
+    assert list(thin[2].step) == [0, 4, 8, 9]
+    kept = full[2].set_index("step").loc[[0, 4, 8, 9]].reset_index()
+    pd.testing.assert_frame_equal(kept[thin[2].columns], thin[2])
+
+
+def _full_rank_problem(D=24, B=3):
+    tasks = [_task(seed=s, n=5 * D, d=D) for s in range(B)]
+    probs = [lin.Problem.from_data(XP, yP, XH, yH) for XP, yP, XH, yH in tasks]
+    return lin.Problem(
+        *(
+            torch.cat([getattr(p, f) for p in probs])
+            for f in lin.Problem.__dataclass_fields__
+        )
+    )
+
+
+@pytest.mark.parametrize("method", ["ours", "r_ill_only", "opt_kappa", "constrained"])
+def test_the_extreme_eigensolver_gives_the_eigh_results(method):
+    """The warm-started LOBPCG solver (immulib.linalg.ExtremeEigensolver) reads the same
+    extreme eigenpairs as eigh: the runs agree to 1e-8 relative, with no fallback."""
+    prob = _full_rank_problem()
+    ref = lin.run(prob, method, steps=15, record_every=1, progress=False)
+    solver = linalg.ExtremeEigensolver()
+    got = lin.run(prob, method, steps=15, record_every=1, progress=False, solver=solver)
+    scale = float(ref[0].abs().max())
+    assert float((got[0] - ref[0]).abs().max()) <= 1e-8 * scale
+    np.testing.assert_allclose(got[2].kappa_H, ref[2].kappa_H, rtol=1e-8)
+    np.testing.assert_allclose(got[2].kappa_P, ref[2].kappa_P, rtol=1e-8)
+    assert got[3]["solver"]["fallbacks"] == 0 and solver.stats["calls"] >= 2 * 15
+    assert float((ref[0] - torch.eye(prob.D)).abs().max()) > 1e-4  # θ moved
+
+
+def test_the_extreme_eigensolver_refuses_singular_hessians_and_bad_solvers():
+    XP, yP, XH, _ = _task(n=60, d=24)
+    XH = XH.copy()
+    XH[:, -1] = XH[
+        :, 0
+    ]  # rank-deficient K_H: σ_k is interior, not an extreme eigenvalue
+    prob = lin.Problem.from_data(XP, yP, XH)
+    with pytest.raises(ValueError, match="full-rank"):
+        lin.run(prob, "ours", steps=2, progress=False, solver="extreme")
+    with pytest.raises(TypeError, match="solver"):
+        lin.run(prob, "ours", steps=2, progress=False, solver="lanczos")

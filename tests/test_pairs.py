@@ -164,3 +164,71 @@ def test_bad_arguments_raise_naming_them(digits):
         mp.run_batch(mp.digit_grams(digits, "well_posed"), [(0, 1)], sup="x")
     with pytest.raises(ValueError, match="images"):
         mp.digit_features(np.zeros((3, 8, 8)))
+
+
+#: kappa_P then kappa_H of sweep(method, setup, pairs=[(0, 1), (5, 3), (9, 2)], steps=6) on the
+#: synthetic digits, computed on main at commit 24767df (before the speed work of issue 11)
+FROZEN_SWEEPS = {
+    ("ours", "well_posed"): [
+        98.63147623487782,
+        16.72557934151183,
+        24.03744235002155,
+        4080.1021770782554,
+        352.80634385292007,
+        468.0735682993932,
+    ],
+    ("constrained", "well_posed"): [
+        1966.835637243174,
+        494.33929437917385,
+        548.4524019336961,
+        12749.35439221286,
+        2453.064773183023,
+        5585.995779188805,
+    ],
+    ("opt_kappa", "well_posed"): [
+        831.2035242834551,
+        209.78212434298567,
+        248.33835505847253,
+        3329.225802492149,
+        736.6377468163612,
+        2029.2001560636775,
+    ],
+    ("ours", "authors"): [
+        102490078.84426275,
+        109.38334704547943,
+        115961797.88611439,
+        15.152797897875365,
+        134235251.23233935,
+        32.4131506906735,
+        884746860.3262695,
+        17010.872509380297,
+        422253884.5508537,
+        665.5924754410885,
+        410803120.1305578,
+        1458.376738213853,
+    ],
+}
+
+
+@pytest.mark.parametrize("method,setup", sorted(FROZEN_SWEEPS))
+def test_sweeps_equal_the_frozen_reference_of_main(digits, method, setup):
+    df = mp.sweep(method, setup, pairs=[(0, 1), (5, 3), (9, 2)], steps=6, data=digits,
+                  progress=False)  # fmt: skip
+    got = list(df.kappa_P) + list(df.kappa_H)
+    np.testing.assert_allclose(got, FROZEN_SWEEPS[(method, setup)], rtol=1e-9, atol=0)
+
+
+def test_the_sweep_with_the_extreme_eigensolver_matches_the_eigh_sweep(digits):
+    """Opt-in: the warm-started LOBPCG solver gives the eigh sweep's κ to 1e-8 relative on a few
+    pairs and steps, and reports no fallback."""
+    kw = dict(
+        pairs=[(0, 1), (5, 3), (9, 2), (4, 7)], steps=12, data=digits, progress=False
+    )
+    ref = mp.sweep("ours", "well_posed", **kw)
+    solver = linalg.ExtremeEigensolver()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a fallback would warn
+        got = mp.sweep("ours", "well_posed", solver=solver, **kw)
+    for col in ("kappa_P", "kappa_H", "rir"):
+        np.testing.assert_allclose(got[col], ref[col], rtol=1e-8)
+    assert solver.stats["fallbacks"] == 0 and solver.stats["calls"] >= 2 * 12
