@@ -191,14 +191,7 @@ def rir_theta0_groups(
             raise ValueError(
                 f"group_size {group_size} is larger than {name} ({len(ds)} samples)"
             )
-    rng = np.random.default_rng(v.integer(seed, "seed", 0))
-    groups = [
-        (
-            rng.choice(len(data_p), group_size, replace=False),
-            rng.choice(len(data_h), group_size, replace=False),
-        )
-        for _ in range(n_groups)
-    ]
+    groups = _draw_groups(len(data_p), len(data_h), n_groups, group_size, seed)
     same_prefix = _same_frozen_part(theta0, immunized)
     kappa = {}
     for which, ds, given in ((0, data_p, block_inputs_p), (1, data_h, block_inputs_h)):
@@ -230,6 +223,101 @@ def rir_theta0_groups(
         )
         out.append(RIR(kH / kH0, kP / kP0, (kH / kH0) / (kP / kP0), kH, kH0, kP, kP0))
     return out
+
+
+def _draw_groups(n_p: int, n_h: int, n_groups: int, group_size: int, seed) -> list:
+    """The (D_P indices, D_H indices) of each RIR_θ0 group, seeded (without replacement)."""
+    rng = np.random.default_rng(v.integer(seed, "seed", 0))
+    return [
+        (
+            rng.choice(n_p, group_size, replace=False),
+            rng.choice(n_h, group_size, replace=False),
+        )
+        for _ in range(n_groups)
+    ]
+
+
+class _RIRCheck:
+    """(i) and (ii) of :func:`rir_theta0` on fixed groups, for models that share θ0's frozen part.
+
+    θ0's condition numbers are computed once; each call then runs only the immunized block and
+    head on the groups' block inputs, with the same code as :func:`rir_theta0_groups`, so the
+    numbers are the ones :func:`rir_theta0` reports with the same arguments (bit for bit on one
+    device). :meth:`log_ii` is log (ii) as a differentiable function of the block's parameters.
+    """
+
+    def __init__(
+        self,
+        theta0: nn.Module,
+        data_p,
+        data_h,
+        *,
+        n_groups: int = 20,
+        group_size: int = 100,
+        seed: int = 0,
+        batch_size: int = 256,
+        block_inputs_p: torch.Tensor | None = None,
+        block_inputs_h: torch.Tensor | None = None,
+        device="cpu",
+    ):
+        n_groups = v.integer(n_groups, "n_groups", 1)
+        group_size = v.integer(group_size, "group_size", 2)
+        data_p, data_h = (
+            check_dataset(data_p, "data_p"),
+            check_dataset(data_h, "data_h"),
+        )
+        for name, ds in (("data_p", data_p), ("data_h", data_h)):
+            if group_size > len(ds):
+                raise ValueError(
+                    f"group_size {group_size} is larger than {name} ({len(ds)} samples)"
+                )
+        self.dev, self.batch_size = v.device(device), batch_size
+        groups = _draw_groups(len(data_p), len(data_h), n_groups, group_size, seed)
+        self.parts = []
+        for which, ds, given in (
+            (0, data_p, block_inputs_p),
+            (1, data_h, block_inputs_h),
+        ):
+            idx = np.unique(np.concatenate([g[which] for g in groups]))
+            row = {int(j): r for r, j in enumerate(idx)}
+            if given is None:
+                z = block_inputs(
+                    theta0, ds, indices=idx, batch_size=batch_size, device=self.dev
+                )
+            else:
+                z = given.to(self.dev)[torch.as_tensor(idx, device=self.dev)]
+            self.parts.append((z, [[row[int(j)] for j in g[which]] for g in groups]))
+        self.ref = [self._kappas(theta0, which) for which in (0, 1)]
+        self.log_ref = torch.log(torch.tensor(self.ref[0], dtype=torch.float64))
+
+    def _kappas(self, model: nn.Module, which: int) -> list[float]:
+        z, rows = self.parts[which]
+        feats = _suffix_features(model, z, self.dev, self.batch_size)
+        return [condition_number(feature_gram(feats[r])) for r in rows]
+
+    def _ratio(self, model: nn.Module, which: int) -> float:
+        pairs = zip(self._kappas(model, which), self.ref[which], strict=True)
+        return float(np.mean([k / k0 for k, k0 in pairs]))
+
+    def i(self, model: nn.Module) -> float:
+        """(i): the mean over the groups of κ(H̃_H(θ)) / κ(H̃_H(θ0))."""
+        return self._ratio(model, 1)
+
+    def ii(self, model: nn.Module) -> float:
+        """(ii): the mean over the groups of κ(H̃_P(θ)) / κ(H̃_P(θ0))."""
+        return self._ratio(model, 0)
+
+    def log_ii(self, model: nn.Module) -> torch.Tensor:
+        """log (ii) = log mean_g κ_g(H̃_P(θ)) / κ_g(H̃_P(θ0)), differentiable (eigvalsh)."""
+        from .deep_objective import log_condition_number
+
+        z, rows = self.parts[0]
+        feats, _ = FeaturesAndLogits(model, from_block=True)(z)
+        log_k = torch.stack(
+            [log_condition_number(feature_gram(feats[r])) for r in rows]
+        )
+        diff = log_k - self.log_ref.to(log_k.device)
+        return torch.logsumexp(diff, 0) - float(np.log(len(rows)))
 
 
 def _same_frozen_part(a: nn.Module, b: nn.Module) -> bool:

@@ -18,7 +18,10 @@ formed in float64 from float32 features (:func:`feature_gram`). The methods (:da
   log κ(H̃_P(θ0))), an exact penalty whose reference is θ0 on the same batch, applied as a
   switching method: on a batch where the constraint holds the step is L(D_P) + λ_H · R_ill(H̃_H);
   where it is violated, the step is L(D_P) + λ_P · (log κ(H̃_P) − log κ(H̃_P(θ0))) only, which
-  moves back towards the feasible side. λ_P is set by :func:`balance_lambdas`.
+  moves back towards the feasible side. λ_P is set by :func:`balance_lambdas`. A batch of B
+  samples sees only σ_1 … σ_B of its Gram matrix, so this alone does not bound the (ii) of
+  RIR_θ0 measured on larger groups; :func:`immulib.deep_train.immunize_model` adds checks of (ii)
+  on those groups, restoration steps and the best feasible iterate.
 
 Chapter: "Deep networks: immunizing the last block" (``book/07_deep_nets.md``).
 """

@@ -8,7 +8,9 @@
   one of the objectives of :mod:`immulib.deep_objective`; θ0 is never modified. The network runs
   in eval mode (BatchNorm statistics frozen) and its features in float32 with autocast off.
   Inputs are checked before the first step (channels, image size, labels, device), and the first
-  non-finite loss or feature stops the loop with an error that names η, λ_P and λ_H.
+  non-finite loss or feature stops the loop with an error that names η, λ_P and λ_H. Its
+  ``method="constrained"`` holds (ii) ≤ 1 on the groups of RIR_θ0 (checks, restoration steps and
+  the best feasible iterate, as the linear engine's constrained method).
 
 Chapter: ``book/07_deep_nets.md``; the multi-GPU loop is :mod:`immulib.deep_ddp`.
 """
@@ -248,6 +250,43 @@ def immunization_step(
     return parts
 
 
+def _restore(model, params, check, max_steps: int, eta: float):
+    """Descent on the measured log (ii) until (ii) ≤ 1: ((i), (ii), steps taken, next step size).
+
+    Each step moves the parameters by ``eta`` · ‖θ‖ along −∇ log (ii) / ‖∇ log (ii)‖ and is kept
+    only if the measured (ii) falls; otherwise ``eta`` is halved and the step tried again (each
+    try counts towards ``max_steps``). A kept step lets ``eta`` grow by half.
+    """
+    ii = check.ii(model)
+    taken = 0
+    while ii > 1.0 and taken < max_steps:
+        grads = torch.autograd.grad(check.log_ii(model), params, allow_unused=True)
+        grads = [
+            torch.zeros_like(p) if g is None else g
+            for p, g in zip(params, grads, strict=True)
+        ]
+        g_norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads))
+        p_norm = math.sqrt(sum(float((p.detach().double() ** 2).sum()) for p in params))
+        if not g_norm > 0:
+            break
+        saved = [p.detach().clone() for p in params]
+        while taken < max_steps:
+            taken += 1
+            with torch.no_grad():
+                for p, s, g in zip(params, saved, grads, strict=True):
+                    p.copy_(s - (eta * p_norm / g_norm) * g)
+            ii_new = check.ii(model)
+            if ii_new < ii:
+                ii, eta = ii_new, 1.5 * eta
+                break
+            eta /= 2
+        else:
+            with torch.no_grad():
+                for p, s in zip(params, saved, strict=True):
+                    p.copy_(s)
+    return check.i(model), ii, taken, eta
+
+
 def _first_two(ds) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = zip(*(ds[i] for i in range(min(2, len(ds)))), strict=False)
     return torch.stack([torch.as_tensor(t) for t in x]), torch.as_tensor(y)
@@ -280,6 +319,9 @@ def immunize_model(
     regularizer_fns: tuple[Callable, Callable] | None = None,
     block_inputs_p: torch.Tensor | None = None,
     block_inputs_h: torch.Tensor | None = None,
+    constraint_check: dict | None = None,
+    check_every: int | None = 10,
+    restoration_steps: int = 10,
     seed: int = 0,
     device="cpu",
     num_workers: int = 0,
@@ -294,6 +336,20 @@ def immunize_model(
     ``block_inputs_p``/``_h`` (:func:`immulib.networks.block_inputs` of θ0 on all of ``data_p`` /
     ``data_h``) skip the frozen part, which is the same for every immunized copy of θ0: the steps
     are then the same up to rounding, and much cheaper.
+
+    ``method="constrained"`` holds Definition 3.1 (b) on an *evaluation* measure, not only on the
+    training batches: every ``check_every`` steps (and after the last) it measures (i) and (ii) of
+    :func:`immulib.deep_eval.rir_theta0` with the keyword arguments ``constraint_check``
+    (``n_groups``, ``group_size``, ``seed``; default 20 groups of min(100, len(data)) samples, seed
+    0) on ``data_p``/``data_h``; if (ii) > 1 it takes up to ``restoration_steps`` normalised descent
+    steps on log (ii) (backtracking: a step is kept only if the measured (ii) falls) and resets the
+    momentum; and it keeps a copy of the feasible iterate ((ii) ≤ 1) with the largest (i). The
+    returned model is that iterate, θ0 itself at worst, so ``deep_eval.rir_theta0`` with the same
+    groups reports (ii) ≤ 1. ``history`` then has ``check_i``, ``check_ii`` and
+    ``restoration_steps`` on the check steps, and ``settings["best_step"]`` says which iterate was
+    returned (-1: θ0). ``check_every=None`` switches the checks off: the constraint is then held
+    on the training batches only (the switching step of
+    :func:`immulib.deep_objective.immunization_loss`), which does not bound the evaluation's (ii).
 
     Returns an :class:`immulib.results.ImmunizationResult` with ``model`` the immunized network
     (parameters frozen) and ``history`` one row per step (``step``, ``task``, ``loss`` and the
@@ -363,6 +419,41 @@ def immunize_model(
         num_classes_h=num_classes(data_h, "data_h") if method == "imma" else None,
         regularizer_fns=regularizer_fns,
     )
+    check = None
+    if method == "constrained" and check_every is not None:
+        from .deep_eval import _RIRCheck
+
+        check_every = v.integer(check_every, "check_every", 1)
+        restoration_steps = v.integer(restoration_steps, "restoration_steps", 0)
+        kw = dict(constraint_check or {})
+        unknown = set(kw) - {"n_groups", "group_size", "seed"}
+        if unknown:
+            raise ValueError(
+                f"constraint_check takes n_groups, group_size and seed, got {sorted(unknown)}"
+            )
+        kw.setdefault("group_size", min(100, len(data_p), len(data_h)))
+        zp = zh = None
+        if block_inputs_p is not None:
+            zp = check_block_inputs(
+                model, data_p, block_inputs_p, "block_inputs_p", device=dev
+            )
+            zh = check_block_inputs(
+                model, data_h, block_inputs_h, "block_inputs_h", device=dev
+            )
+        check = _RIRCheck(
+            theta0,
+            data_p,
+            data_h,
+            block_inputs_p=zp,
+            block_inputs_h=zh,
+            device=dev,
+            **kw,
+        )
+        trainable = [p for n, p in model.named_parameters() if n in names]
+        best = dict(
+            i=1.0, ii=1.0, step=-1, state=[p.detach().clone() for p in trainable]
+        )
+        restore_eta = 3e-3
     history = []
     start = time.perf_counter()
     for step in tqdm(range(steps), desc=f"immunize ({method})", disable=not show):
@@ -387,7 +478,22 @@ def immunize_model(
                 f"immunization ({method}) diverged at step {step}: {err}. Lower eta={eta:g}, lam_P={lam_P:g} "
                 f"or lam_H={lam_H:g}, or set max_grad_norm (now {max_grad_norm})"
             ) from None
+        if check is not None and ((step + 1) % check_every == 0 or step == steps - 1):
+            i, ii, n_restore, restore_eta = _restore(
+                model, trainable, check, restoration_steps, restore_eta
+            )
+            if n_restore:
+                optimizer.state.clear()  # the momentum points back into the infeasible side
+            parts.update(check_i=i, check_ii=ii, restoration_steps=n_restore)
+            if ii <= 1.0 and i > best["i"]:
+                best = dict(
+                    i=i, ii=ii, step=step, state=[p.detach().clone() for p in trainable]
+                )
         history.append(dict(step=step, **parts))
+    if check is not None:  # the best feasible iterate (θ0 itself at worst)
+        with torch.no_grad():
+            for p, saved in zip(trainable, best["state"], strict=True):
+                p.copy_(saved)
     seconds = time.perf_counter() - start
     for p in model.parameters():
         p.requires_grad_(False)
@@ -402,6 +508,15 @@ def immunize_model(
         seed=seed,
         device=str(dev),
     )
+    if check is not None:
+        settings.update(
+            check_every=check_every,
+            restoration_steps=restoration_steps,
+            constraint_check=kw,
+            best_step=best["step"],
+            best_i=best["i"],
+            best_ii=best["ii"],
+        )
     return ImmunizationResult(
         method=method,
         history=pd.DataFrame(history),

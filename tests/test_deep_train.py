@@ -1,5 +1,6 @@
 """immulib.deep_objective and immulib.deep_train: the objectives, λ balancing, the loop, pre-training."""
 
+import copy
 import math
 
 import pandas as pd
@@ -141,6 +142,8 @@ def test_every_method_takes_finite_steps_and_reruns_identically(method):
             steps=2,
             batch_size=8,
             seed=seed,
+            # the steps themselves: with its checks the constrained method may return θ0
+            check_every=None,
             progress=False,
         ).model
     )
@@ -301,3 +304,111 @@ def test_block_inputs_give_the_same_immunization_as_the_full_forward(model):
             block_inputs_h=networks.block_inputs(model, dh),
             **kw,
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# the constrained method holds (ii) ≤ 1 on its evaluation groups (issue 12)
+
+GROUPS = dict(n_groups=3, group_size=16, seed=0)
+
+
+def _constrained(m, dp, dh, **kw):
+    lp, lh = deep_objective.balance_lambdas(
+        m, dp, dh, method="constrained", ratio_h=5.0, batch_size=16
+    )
+    args = dict(
+        method="constrained",
+        lam_P=lp,
+        lam_H=lh,
+        steps=12,
+        eta=0.05,
+        batch_size=16,
+        max_grad_norm=10.0,
+        constraint_check=GROUPS,
+        check_every=4,
+        restoration_steps=6,
+        progress=False,
+    )
+    args.update(kw)
+    return deep_train.immunize_model(m, dp, dh, **args)
+
+
+@pytest.fixture(scope="module")
+def constrained_task():
+    m = tiny("resnet18", num_classes=3).eval()
+    return m, separable_data(96), tiny_data(96, seed=3)
+
+
+def test_the_check_reports_what_rir_theta0_reports(constrained_task):
+    m, dp, dh = constrained_task
+    im = _constrained(m, dp, dh, check_every=None).model
+    zp, zh = networks.block_inputs(m, dp), networks.block_inputs(m, dh)
+    for kw in ({}, dict(block_inputs_p=zp, block_inputs_h=zh)):
+        check = deep_eval._RIRCheck(m, dp, dh, **GROUPS, **kw)
+        r = deep_eval.rir_theta0(m, im, dp, dh, **GROUPS, **kw)
+        assert (check.i(im), check.ii(im)) == (r.i, r.ii)  # bit for bit
+        assert (check.i(m), check.ii(m)) == (1.0, 1.0)
+        assert float(check.log_ii(im)) == pytest.approx(math.log(r.ii), rel=1e-9)
+
+
+def test_constrained_returns_a_model_with_ii_at_most_one_on_its_groups(
+    constrained_task,
+):
+    m, dp, dh = constrained_task
+    res = _constrained(m, dp, dh)
+    r = deep_eval.rir_theta0(m, res.model, dp, dh, **GROUPS)
+    assert r.ii <= 1.0
+    s = res.settings
+    assert (s["best_i"], s["best_ii"]) == (
+        r.i,
+        r.ii,
+    )  # what it checked is what is measured
+    checks = res.history.dropna(subset=["check_ii"])
+    assert list(checks.step) == [3, 7, 11]
+    assert (checks.restoration_steps <= 6).all()
+    if (
+        s["best_step"] >= 0
+    ):  # the returned iterate is the feasible check with the largest (i)
+        feasible = checks[checks.check_ii <= 1.0]
+        assert s["best_step"] == int(feasible.step[feasible.check_i.idxmax()])
+        assert r.i == feasible.check_i.max() > 1.0
+    else:
+        assert (r.i, r.ii) == (1.0, 1.0)
+
+
+def test_without_its_checks_the_constraint_is_not_held_and_the_checks_repair_it(
+    constrained_task,
+):
+    """The batch-only switching step leaves (ii) > 1; restoration and fallback bring it back."""
+    m, dp, dh = constrained_task
+    batch_only = _constrained(m, dp, dh, check_every=None)
+    assert "check_ii" not in batch_only.history
+    assert deep_eval.rir_theta0(m, batch_only.model, dp, dh, **GROUPS).ii > 1.0
+    # restoration alone, from the infeasible model: every kept step lowers the measured (ii)
+    model = copy.deepcopy(batch_only.model)
+    params = [
+        p for n, p in model.named_parameters() if n in set(networks.freeze(model))
+    ]
+    check = deep_eval._RIRCheck(m, dp, dh, **GROUPS)
+    before = check.ii(model)
+    i, ii, taken, _ = deep_train._restore(model, params, check, 40, 1e-2)
+    assert (
+        0 < taken <= 40
+        and ii < before
+        and ii == check.ii(model)
+        and i == check.i(model)
+    )
+    # the fallback alone (no restoration): the best feasible iterate, θ0 at worst
+    res = _constrained(m, dp, dh, restoration_steps=0)
+    assert deep_eval.rir_theta0(m, res.model, dp, dh, **GROUPS).ii <= 1.0
+    assert (res.history.dropna(subset=["check_ii"]).restoration_steps == 0).all()
+
+
+def test_constrained_check_arguments_are_validated(constrained_task):
+    m, dp, dh = constrained_task
+    with pytest.raises(ValueError, match="constraint_check"):
+        _constrained(m, dp, dh, constraint_check=dict(groups=3))
+    with pytest.raises(ValueError, match="check_every"):
+        _constrained(m, dp, dh, check_every=0)
+    with pytest.raises(ValueError, match="group_size"):
+        _constrained(m, dp, dh, constraint_check=dict(group_size=500))
