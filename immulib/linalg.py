@@ -323,7 +323,7 @@ class ExtremeEigensolver:
     sine of its angle to the eigenvector); a residual at rounding level, ‖r_j‖ ≤ 1e-13·λ_max,
     always counts as converged. Elements that have not converged after ``max_iter``
     iterations, or whose Cholesky factorisation fails (not numerically positive definite), get
-    a full ``torch.linalg.eigh``: a *fallback*, counted in :attr:`stats`, never silent
+    a full ``torch.linalg.eigh``: a *fallback*, counted in the instance dict ``stats``, never silent
     (:func:`immulib.linear.run` reports them in its ``info`` and warns).
 
     Chapter: {ref}`ch-performance`.

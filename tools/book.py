@@ -11,6 +11,13 @@ empties it whenever ``immulib/``, the configuration, the requirements or ``book/
 (a fingerprint of their contents is stored beside the cache). A fresh checkout (CI) has no
 cache and executes everything.
 
+Sphinx reads the pages one after another, so it would execute them on one core. Before it
+runs, :func:`pre_execute` executes the chapters the cache lacks in ``EXECUTION_WORKERS``
+processes (the same notebook as myst-nb reads from the ``.md``, in the chapter's folder, with
+the build's environment and timeout) and stores them in the cache, where the build then finds
+them. A chapter whose execution fails is not stored, so the build executes it again and reports
+the error as usual.
+
 The tests read the executed chapters back from the cache (:func:`executed_chapter`) instead
 of executing them again.
 """
@@ -18,11 +25,15 @@ of executing them again.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Strict (-W -n: warnings are errors), every warning reported (--keep-going), and every page
@@ -32,6 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD_FLAGS = ["--builder", "html", "-W", "-n", "--keep-going", "--all"]
 #: What the chapters' results depend on besides their own code cells.
 FINGERPRINTED = ["immulib", "_config.yml", "_toc.yml", "requirements.txt", "book/data"]
+
+
+#: Processes that execute chapters at once before the build (the project's machines have 2 cores).
+EXECUTION_WORKERS = int(os.environ.get("IMMULIB_BOOK_WORKERS", "2"))
 
 
 def build_dir(out: Path = ROOT) -> Path:
@@ -78,9 +93,78 @@ def refresh_cache(out: Path = ROOT, root: Path = ROOT) -> bool:
     return stale
 
 
+def _read_notebook(chapter: Path):
+    """The chapter as myst-nb's build reads it (the notebook whose code the cache is keyed by)."""
+    from myst_nb.core.read import read_myst_markdown_notebook
+
+    text = chapter.read_text(encoding="utf-8")
+    return read_myst_markdown_notebook(text, add_source_map=True, path=str(chapter))
+
+
+def _execute(chapter: str, timeout: int):
+    """Run in a worker process: execute one chapter as the build would; (notebook, seconds, error)."""
+    from jupyter_cache.executors.utils import single_nb_execution
+
+    os.environ.update(book_env())
+    nb = _read_notebook(Path(chapter))
+    result = single_nb_execution(
+        nb,
+        cwd=str(Path(chapter).parent),
+        allow_errors=False,
+        timeout=timeout,
+        meta_override=True,
+    )
+    return nb, result.time, None if result.err is None else result.exc_string
+
+
+def pre_execute(out: Path = ROOT, workers: int | None = None) -> list[str]:
+    """Execute, ``workers`` at a time, the chapters whose current code the cache lacks, and
+    store the successful ones in the cache; return the names of those it executed."""
+    from jupyter_cache import get_cache
+    from jupyter_cache.base import CacheBundleIn
+
+    from tools.chapters import is_notebook, toc_chapters
+
+    workers = EXECUTION_WORKERS if workers is None else workers
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    timeout = int(config.get("execute", {}).get("timeout", 900))
+    cache = get_cache(str(cache_dir(out)))
+    todo = []
+    for chapter in filter(is_notebook, toc_chapters()):
+        try:
+            cache.match_cache_notebook(_read_notebook(chapter))
+        except KeyError:
+            todo.append(chapter)
+    if workers < 2 or len(todo) < 2:
+        return []  # nothing to gain: the build executes them as usual
+    todo.sort(key=lambda c: c.stat().st_size, reverse=True)  # the long ones first
+    done = []
+    spawn = multiprocessing.get_context(
+        "spawn"
+    )  # no fork of a process that has torch loaded
+    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
+        runs = {c: pool.submit(_execute, str(c), timeout) for c in todo}
+        for chapter, run in runs.items():
+            nb, seconds, error = run.result()
+            if error is None:
+                uri = str(chapter.resolve())
+                cache.add_nb_to_project(
+                    uri, read_data={"type": "plugin", "name": "myst_nb_md"}
+                )
+                cache.cache_notebook_bundle(
+                    CacheBundleIn(nb, uri, data={"execution_seconds": seconds}),
+                    check_validity=False,
+                    overwrite=True,
+                )
+                done.append(chapter.name)
+    return done
+
+
 def build(out: Path = ROOT, *, capture: bool = False) -> subprocess.CompletedProcess:
-    """The strict build of the book into ``out/_build/html``, reusing the execution cache."""
+    """The strict build of the book into ``out/_build/html``, reusing the execution cache
+    (filled first by :func:`pre_execute`, several chapters at a time)."""
     refresh_cache(out)
+    pre_execute(out)
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(jupyter_book), "build", str(ROOT), *BUILD_FLAGS]
     if Path(out).resolve() != ROOT:
