@@ -45,7 +45,7 @@ check: lint ## lint plus the fast tests, no chapter executed (~40 s)
 
 # Each chapter is executed once, by the strict book build inside tests/test_book.py (execution
 # cache in _build/.jupyter_cache); nbval's and the student notebooks' checks read that execution.
-test: $(STAMP) ## everything CI runs: unit tests, one strict build executing each chapter, the papermill rerun (~7 min; ~1.5 min with the execution cache warm)
+test: $(STAMP) ## everything CI runs: unit tests, one strict build executing each chapter, the papermill rerun and the browser check (~13 min; ~6 min with the execution cache warm)
 	$(PYTEST) tests --durations=15
 
 book: $(STAMP) ## build the HTML book into _build/html, strict; reuses the executions of make test (~6 min cold, ~1 min warm)
