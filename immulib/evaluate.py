@@ -80,6 +80,17 @@ STEP_COLUMNS: tuple[str, ...] = tuple(
 # the attacker in the singular basis
 
 
+def _probe_task(F, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features ``F`` (n, d) and targets ``y`` (n,) as float64, checked to match."""
+    F = as_float64(F, "F", ndim=2).detach()
+    y = as_float64(y, "y", ndim=1).detach().to(F.device)
+    if len(y) != len(F):
+        raise ValueError(
+            f"y must have {len(F)} entries (one per row of F), got {len(y)}"
+        )
+    return F, y
+
+
 def _spectrum(F: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray, float]:
     """(σ² on the numerical range, u_0 = Uᵀy there, L* = ½‖y − UUᵀy‖²) of the probe on F."""
     U, sigma, _ = torch.linalg.svd(F, full_matrices=False)
@@ -155,12 +166,7 @@ def attack_steps(
 
     Chapter: {ref}`ch-optimal`.
     """
-    F = as_float64(F, "F", ndim=2).detach()
-    y = as_float64(y, "y", ndim=1).detach().to(F.device)
-    if len(y) != len(F):
-        raise ValueError(
-            f"y must have {len(F)} entries (one per row of F), got {len(y)}"
-        )
+    F, y = _probe_task(F, y)
     target = _target(target)
     max_steps = integer(max_steps, "max_steps", minimum=1)
     grid = _grid(fixed_grid)
@@ -181,12 +187,7 @@ def attack_curve(F, y, *, steps: int = 100, step: float | None = None) -> np.nda
 
     Chapter: {ref}`ch-house-prices`.
     """
-    F = as_float64(F, "F", ndim=2).detach()
-    y = as_float64(y, "y", ndim=1).detach().to(F.device)
-    if len(y) != len(F):
-        raise ValueError(
-            f"y must have {len(F)} entries (one per row of F), got {len(y)}"
-        )
+    F, y = _probe_task(F, y)
     steps = integer(steps, "steps", minimum=0)
     if step is not None:
         step = number(step, "step", minimum=0.0, strict=True, maximum=2.0)
@@ -229,12 +230,7 @@ def error_spectrum(F, y) -> pd.DataFrame:
 
     Chapter: {ref}`ch-house-prices`.
     """
-    F = as_float64(F, "F", ndim=2).detach()
-    y = as_float64(y, "y", ndim=1).detach().to(F.device)
-    if len(y) != len(F):
-        raise ValueError(
-            f"y must have {len(F)} entries (one per row of F), got {len(y)}"
-        )
+    F, y = _probe_task(F, y)
     lam, u, _ = _spectrum(F, y)
     w = u * u
     total = float(w.sum())
