@@ -101,21 +101,26 @@ def _spectrum(F: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray,
     return ((sigma**2).cpu().numpy(), u0.cpu().numpy(), 0.5 * float(resid @ resid))
 
 
-def _steps_exact(lam: np.ndarray, u: np.ndarray, target: float, max_steps: int) -> int:
-    """Steps of exact-line-search descent until Σu²/Σu_0² ≤ target (max_steps + 1 if never)."""
+def _line_search(lam: np.ndarray, u: np.ndarray, steps: int):
+    """Yield Σu_t²/Σu_0² for t = 1..steps of exact-line-search descent (u_0 = u, Σu_0² > 0);
+    at the optimum (gᵀAg = 0) the value stays where it is."""
     u = u.copy()
     s0 = float(u @ u)
-    if s0 == 0.0 or target >= 1.0:
-        return 0
-    goal = target * s0
     lam2 = lam * lam
-    for t in range(1, max_steps + 1):
+    for _ in range(steps):
         u2 = u * u
         num, den = float(lam @ u2), float(lam2 @ u2)  # η = gᵀg/gᵀAg with g_j = σ_j u_j
-        if den <= 0.0:
-            return max_steps + 1
-        u *= 1.0 - (num / den) * lam
-        if float(u @ u) <= goal:
+        if den > 0.0:
+            u *= 1.0 - (num / den) * lam
+        yield float(u @ u) / s0
+
+
+def _steps_exact(lam: np.ndarray, u: np.ndarray, target: float, max_steps: int) -> int:
+    """Steps of exact-line-search descent until Σu²/Σu_0² ≤ target (max_steps + 1 if never)."""
+    if float(u @ u) == 0.0 or target >= 1.0:
+        return 0
+    for t, s in enumerate(_line_search(lam, u, max_steps), start=1):
+        if s <= target:
             return t
     return max_steps + 1
 
@@ -196,7 +201,6 @@ def attack_curve(F, y, *, steps: int = 100, step: float | None = None) -> np.nda
                 f"step must be < 2 (η = c/λ_max diverges at c >= 2), got {step}"
             )
     lam, u, _ = _spectrum(F, y)
-    u = u.copy()
     s0 = float(u @ u)
     out = np.ones(steps + 1)
     if s0 == 0.0:
@@ -208,13 +212,7 @@ def attack_curve(F, y, *, steps: int = 100, step: float | None = None) -> np.nda
             w = w * r2
             out[t] = float(w.sum()) / s0
         return out
-    lam2 = lam * lam
-    for t in range(1, steps + 1):
-        u2 = u * u
-        num, den = float(lam @ u2), float(lam2 @ u2)
-        if den > 0.0:
-            u *= 1.0 - (num / den) * lam
-        out[t] = float(u @ u) / s0
+    out[1:] = list(_line_search(lam, u, steps))
     return out
 
 
@@ -247,8 +245,8 @@ def error_spectrum(F, y) -> pd.DataFrame:
 # checks
 
 
-def _target(target) -> float:
-    return number(target, "target", minimum=0.0, strict=True, maximum=1.0)
+def _target(target, name: str = "target") -> float:
+    return number(target, name, minimum=0.0, strict=True, maximum=1.0)
 
 
 def _grid(grid) -> tuple[float, ...]:
@@ -319,6 +317,7 @@ def score(
     yH_test=None,
     theta_ref=None,
     target: float = 1e-3,
+    target_P: float | None = None,
     max_steps: int = 3000,
     fixed_grid: Iterable[float] = FIXED_GRID,
     convention: str = "pinv",
@@ -343,6 +342,9 @@ def score(
     target, max_steps, fixed_grid
         The attackers' target relative suboptimality, step budget and fixed-step grid
         (module docstring; a step count of ``max_steps + 1`` means "not reached").
+    target_P
+        The D_P attackers' own target (default ``target``): e.g. one the identity reaches,
+        ``attack_curve(XP_test, yP_test, steps=N)[N]``, where ``target`` is out of its reach.
     convention
         κ convention of (i), (ii), RIR (:func:`immulib.linalg.condition_number`).
     tol
@@ -375,6 +377,10 @@ def score(
         integer(max_steps, "max_steps", minimum=1),
         _grid(fixed_grid),
     )
+    goal = {
+        "H": target,
+        "P": target if target_P is None else _target(target_P, "target_P"),
+    }
     choice(convention, "convention", CONVENTIONS)
     tol = nonneg(tol, "tol")
 
@@ -416,9 +422,11 @@ def score(
             Xp, yp, Xh, yh = splits[split]
             X, y = (Xh, yh) if task == "H" else (Xp, yp)
             lam, u, _ = _spectrum(X @ theta, y)
-            row[f"steps_{task}_{split}_exact"] = _steps_exact(lam, u, target, max_steps)
+            row[f"steps_{task}_{split}_exact"] = _steps_exact(
+                lam, u, goal[task], max_steps
+            )
             row[f"steps_{task}_{split}_fixed"] = _steps_fixed(
-                lam, u, target, max_steps, grid
+                lam, u, goal[task], max_steps, grid
             )
     flag_split = "test" if has_test else "train"
     Xh, yh = splits[flag_split][2:]

@@ -46,6 +46,7 @@ __all__ = [
     "pixel_support",
     "problem",
     "run_batch",
+    "splits",
     "sweep",
 ]
 
@@ -117,6 +118,41 @@ def pair_indices(
     return np.sort(rng.choice(idx_a, n, replace=False)), np.sort(
         rng.choice(idx_b, n, replace=False)
     )
+
+
+def splits(
+    train: ImageSet,
+    test: ImageSet,
+    a: int,
+    b: int,
+    *,
+    pixels: np.ndarray | None = None,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """The rows an attacker is scored on for the pair (a, b), as the keywords of
+    :func:`immulib.evaluate.score`: ``XP``, ``yP``, ``XH``, ``yH`` the balanced training images of
+    a and b that :func:`pair_indices` draws for ``seed`` (the rows the defender used), and
+    ``XP_test`` … ``yH_test`` **all** test images of a and b; targets +1 on a, −1 on b (the a-vs-b
+    head's), features :func:`digit_features` on ``pixels``.
+
+    Chapter: {ref}`ch-mnist-pairs`.
+    """
+    for name, d in (("train", train), ("test", test)):
+        if not isinstance(d, ImageSet):
+            raise TypeError(f"{name} must be an ImageSet, got {type(d).__name__}")
+    ((a, b),) = _check_pairs([(a, b)])
+    out = {}
+    ia, ib = pair_indices(train, a, b, seed=seed)
+    ta, tb = (np.flatnonzero(test.labels == d) for d in (a, b))
+    for suffix, images, rows_a, rows_b in (
+        ("", train.images, ia, ib),
+        ("_test", test.images, ta, tb),
+    ):
+        for task, rows, sign in (("P", rows_a, 1.0), ("H", rows_b, -1.0)):
+            X = digit_features(images[rows], pixels)
+            out[f"X{task}{suffix}"] = X
+            out[f"y{task}{suffix}"] = torch.full((len(X),), sign, dtype=torch.float64)
+    return out
 
 
 @dataclass(frozen=True)

@@ -199,6 +199,23 @@ def test_works_on_torch_float32_input_and_non_square_theta():
     assert math.isnan(row["theta_dist"]) and row["steps_H_train_exact"] >= 1
 
 
+def test_target_P_moves_only_the_D_P_columns_and_defaults_to_target():
+    train, test = _split_problem(5)
+    XP, yP = train[:2]
+    theta = np.random.default_rng(2).standard_normal((6, 6))
+    kw = dict(**test, target=1e-3, max_steps=500)
+    base = evaluate.score(theta, *train, **kw)
+    assert evaluate.score(theta, *train, target_P=1e-3, **kw) == base
+    loose = evaluate.score(theta, *train, target_P=0.3, **kw)
+    for split, attacker in itertools.product(("train", "test"), ("exact", "fixed")):
+        assert (
+            loose[f"steps_H_{split}_{attacker}"] == base[f"steps_H_{split}_{attacker}"]
+        )
+    want = evaluate.attack_steps(XP @ theta, yP, target=0.3, max_steps=500)
+    assert loose["steps_P_train_exact"] == want["exact"] < base["steps_P_train_exact"]
+    assert loose["steps_P_train_fixed"] == want["fixed"]
+
+
 def test_bad_input_errors():
     train, test = _split_problem(8)
     XP, yP, XH, yH = train
@@ -217,6 +234,8 @@ def test_bad_input_errors():
         evaluate.score(th, *train, target=0.0)
     with pytest.raises(ValueError, match="target"):
         evaluate.score(th, *train, target=1.5)
+    with pytest.raises(ValueError, match="target_P must be <= 1"):
+        evaluate.score(th, *train, target_P=2.0)
     with pytest.raises(TypeError, match="max_steps"):
         evaluate.score(th, *train, max_steps=10.0)
     with pytest.raises(ValueError, match="convention"):

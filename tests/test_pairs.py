@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from immulib import data, linalg, linear
+from immulib import data, evaluate, linalg, linear
 from immulib import pairs as mp
 
 
@@ -57,6 +57,25 @@ def test_pair_indices_and_grams_match_digit_pair(digits):
         assert torch.allclose(KP, linalg.gram(XP), rtol=1e-12, atol=1e-9)
         assert torch.allclose(KH, linalg.gram(XH), rtol=1e-12, atol=1e-9)
         assert torch.allclose(sP, torch.tensor(XP.sum(0)), atol=1e-9)
+
+
+def test_splits_are_the_pair_rows_and_score_reads_them(digits):
+    grams = mp.digit_grams(digits, "well_posed")
+    test = data.ImageSet(digits.images[::2], digits.labels[::2])
+    sp = mp.splits(digits, test, 4, 7, pixels=grams.pixels, seed=2)
+    XP, XH = _pair_arrays(digits, grams, 4, 7, seed=2)
+    assert np.array_equal(sp["XP"].numpy(), XP) and np.array_equal(sp["XH"].numpy(), XH)
+    assert (sp["yP"] == 1).all() and (sp["yH"] == -1).all()
+    for task, digit in (("P", 4), ("H", 7)):
+        want = mp.digit_features(test.images[test.labels == digit], grams.pixels)
+        assert torch.equal(sp[f"X{task}_test"], want)
+        assert len(sp[f"y{task}_test"]) == (test.labels == digit).sum()
+    row = evaluate.score(torch.eye(36), **sp, max_steps=50)
+    assert row["i"] == pytest.approx(1) and row["steps_H_test_exact"] >= 1
+    with pytest.raises(TypeError, match="test must be an ImageSet"):
+        mp.splits(digits, test.images, 4, 7)
+    with pytest.raises(ValueError, match="pairs"):
+        mp.splits(digits, test, 4, 4)
 
 
 @pytest.mark.parametrize("method", linear.METHODS)
