@@ -1,16 +1,17 @@
-"""Benchmark: the MNIST sweep's eigensolvers, full ``eigh`` against the warm-started extreme one.
+"""Benchmark: the MNIST sweep's eigensolvers, full ``eigh`` against the partial and extreme ones.
 
 The sweep (:func:`immulib.pairs.sweep`) runs Ours (adaptive policy) on digit pairs of the
-well-posed setup as one batched :class:`immulib.linear.Problem`. Each step needs, of each of its
-two Hessians, only the two largest and the smallest eigenpair, so the engine's ``solver=`` can be
-the default batched ``torch.linalg.eigh`` or :class:`immulib.linalg.ExtremeEigensolver` (LOBPCG,
-warm-started from the previous step, exact-inverse preconditioned at the small end). This script
-runs the engine (``immulib.linear.run``, the pairs' problem built once) with both, in one
-process, three times, and prints the median of each run's time divided by ``steps`` batched
-``eigh`` of the B Hessians (measured between the runs), the fallbacks to a full ``eigh`` of the
-extreme solver, and how far its θ and κ(H_H) are from the ``eigh`` run's. The last line is the
-headline. ``--quick``: 10 pairs, 8 steps (about a minute on 2 loaded CPU cores); the full mode:
-all 90 pairs, 20 steps. Needs MNIST (``IMMULIB_DATA`` or the cache).
+well-posed setup as one batched :class:`immulib.linear.Problem`. A step of Ours reads, of H_P,
+all its eigenvalues' extremes and v₁, and of H_H σ_k, v_k and ‖H_H‖_F, so the engine's
+``solver=`` can be the batched ``torch.linalg.eigh``, :class:`immulib.linalg.PartialEigensolver`
+(the default: every eigenvalue by ``eigvalsh``, the two vectors by warm-started inverse
+iteration) or :class:`immulib.linalg.ExtremeEigensolver` (LOBPCG, warm-started from the previous
+step). This script runs the engine (``immulib.linear.run``, the pairs' problem built once) with
+each, in one process, three times, and prints the median of each run's time divided by
+``steps`` batched ``eigh`` of the B Hessians (measured between the runs), the solvers' fallbacks
+to a full ``eigh``, and how far their θ and κ(H_H) are from the ``eigh`` run's. The last line
+is the headline. ``--quick``: 10 pairs, 8 steps (about a minute on 2 loaded CPU cores); the full
+mode: all 90 pairs, 20 steps. Needs MNIST (``IMMULIB_DATA`` or the cache).
 
     python -m benchmarks.sweep_solver [--quick] [--device cuda] [--pairs N --steps S --repeats R]
 """
@@ -26,7 +27,7 @@ import torch
 
 from benchmarks._timing import median_seconds
 from immulib import data, linear, pairs
-from immulib.linalg import ExtremeEigensolver
+from immulib.linalg import ExtremeEigensolver, PartialEigensolver
 
 
 def main(argv=None):
@@ -73,40 +74,44 @@ def main(argv=None):
         torch.linalg.eigh(H)
         sync()
 
-    r_eigh, r_ext, fallbacks, iters, calls = [], [], 0, 0, 0
+    solvers = {
+        "eigh": lambda: "eigh",
+        "partial": PartialEigensolver,
+        "extreme": ExtremeEigensolver,
+    }
+    ratios = {name: [] for name in solvers}
+    fallbacks = dict.fromkeys(solvers, 0)
+    matrices = dict.fromkeys(solvers, 0)
+    thetas = {}
     for _ in range(repeats):
-        ref, _, t_ref = engine(None)
-        solver = ExtremeEigensolver()
-        fast, info, t_fast = engine(solver)
-        t_eigh = median_seconds(batched_eigh, 3)
-        r_eigh.append(t_ref / steps / t_eigh)
-        r_ext.append(t_fast / steps / t_eigh)
-        fallbacks += info["solver"]["fallbacks"]
-        iters += info["solver"]["iterations"]
-        calls += info["solver"]["calls"]
-    err = float((fast - ref).abs().max() / ref.abs().max())
-    kap = [pairs._kappas(linear._sym(t.mT @ prob.KH @ t))["pinv"] for t in (ref, fast)]
-    kerr = float(((kap[1] - kap[0]) / kap[0]).abs().max())
-    med_eigh, med_ext = statistics.median(r_eigh), statistics.median(r_ext)
+        for name, make in solvers.items():
+            thetas[name], info, t_run = engine(make())
+            t_eigh = median_seconds(batched_eigh, 3)
+            ratios[name].append(t_run / steps / t_eigh)
+            if "solver" in info:
+                fallbacks[name] += info["solver"]["fallbacks"]
+                matrices[name] += info["solver"]["calls"] * n_pairs
+    ref = thetas["eigh"]
+    kap_ref = pairs._kappas(linear._sym(ref.mT @ prob.KH @ ref))["pinv"]
+    med = {name: statistics.median(r) for name, r in ratios.items()}
     print(
         f"{n_pairs} pairs × {steps} steps, D = {D}, device {args.device}, 1 torch thread; "
         f"median of {repeats}; unit: one batched eigh of the {n_pairs} Hessians"
     )
+    for name in solvers:
+        th = thetas[name]
+        kap = pairs._kappas(linear._sym(th.mT @ prob.KH @ th))["pinv"]
+        print(
+            f"{name}: {med[name]:.2f} per step (runs: "
+            + ", ".join(f"{r:.2f}" for r in ratios[name])
+            + f"); {fallbacks[name]} fallbacks to eigh in {matrices[name]} matrices; vs eigh: "
+            f"max relative |Δθ| = {float((th - ref).abs().max() / ref.abs().max()):.1e}, "
+            f"|Δκ(H_H)|/κ = {float(((kap - kap_ref) / kap_ref).abs().max()):.1e}"
+        )
     print(
-        f"run with eigh: {med_eigh:.2f} per step (runs: "
-        + ", ".join(f"{r:.2f}" for r in r_eigh)
-        + f"); with the extreme solver: {med_ext:.2f} (runs: "
-        + ", ".join(f"{r:.2f}" for r in r_ext)
-        + ")"
-    )
-    print(
-        f"extreme solver: {iters / max(calls, 1):.1f} LOBPCG iterations per call, "
-        f"{fallbacks} fallbacks to eigh in {calls * n_pairs} matrices; "
-        f"vs eigh: max relative |Δθ| = {err:.1e}, |Δκ(H_H)|/κ = {kerr:.1e}"
-    )
-    print(
-        f"sweep step with the extreme solver: {med_ext:.2f} batched eigh "
-        f"(with eigh: {med_eigh:.2f}), {fallbacks} fallbacks"
+        f"sweep step with the default (partial) solver: {med['partial']:.2f} batched eigh "
+        f"(eigh: {med['eigh']:.2f}, extreme: {med['extreme']:.2f}), "
+        f"{fallbacks['partial']} fallbacks"
     )
 
 

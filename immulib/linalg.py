@@ -21,6 +21,7 @@ __all__ = [
     "CONVENTIONS",
     "SHIFT",
     "ExtremeEigensolver",
+    "PartialEigensolver",
     "as_float64",
     "check_symmetric",
     "condition_number",
@@ -48,6 +49,7 @@ SYM_RTOL = 1e-10
 # extreme scales: work on x / 2^e, whose largest entry is in [0.5, 1), and scale back exactly
 
 #: Binary exponents of float64: a normal number m·2^e has -1021 <= e <= 1024 (frexp convention).
+_EPS = float(np.finfo(np.float64).eps)
 _MIN_EXP, _MAX_EXP = np.finfo(np.float64).minexp + 1, np.finfo(np.float64).maxexp
 
 
@@ -306,6 +308,77 @@ def _qr(S: torch.Tensor) -> torch.Tensor:
     """An orthonormal basis of the columns of S (Householder: orthonormal even if S is not of full
     column rank; the extra columns then span arbitrary directions, harmless for Rayleigh-Ritz)."""
     return torch.linalg.qr(S).Q
+
+
+class PartialEigensolver:
+    """Every eigenvalue of a batch of symmetric matrices (B × D × D, float64) and the eigenvectors
+    of a few chosen ones: the eigenvalues by ``torch.linalg.eigvalsh`` (about half the cost of
+    ``eigh`` with all the vectors), each wanted vector by inverse iteration, (H − μI)x ← x from the
+    previous call's vector of the same ``key`` and ``name``, with μ the computed eigenvalue
+    shifted by 16·eps·‖H‖ (one LU factorisation per matrix and vector, ``iters`` solves).
+
+    A vector is accepted when its residual is at rounding level, ‖Hx − λx‖ ≤ ``rtol``·max|λ|;
+    an element with a vector that is not (or with a non-finite result) gets a full
+    ``torch.linalg.eigh``: a *fallback*, counted in ``stats``, never silent
+    (:func:`immulib.linear.run` reports them in its ``info`` and warns).
+
+    Chapter: {ref}`ch-performance`.
+    """
+
+    def __init__(self, iters: int = 3, rtol: float = 1e-11):
+        from ._validate import integer, positive
+
+        self.iters = integer(iters, "iters", 1)
+        self.rtol = positive(rtol, "rtol")
+        self._v: dict = {}  # (key, name) -> the previous call's vectors (B, D)
+        self.stats = dict(calls=0, vectors=0, fallbacks=0)
+
+    def seed(self, key, name, v: torch.Tensor) -> None:
+        """Warm-start the vectors ``name`` of ``key`` (B, D)."""
+        self._v[(key, name)] = v
+
+    def __call__(self, H: torch.Tensor, key, want: dict):
+        """(eigenvalues ascending (B, D), {name: eigenvector (B, D)}) of the symmetric ``H``
+        (its lower triangle is read for the eigenvalues, all of it for the vectors); ``want``
+        maps a name to the index (B,) of its eigenvalue in ascending order."""
+        Hs = H  # LAPACK scales a matrix outside its safe range itself
+        lam = torch.linalg.eigvalsh(Hs)
+        B, D = lam.shape
+        top = lam.abs().amax(-1)
+        eye = torch.eye(D, dtype=H.dtype, device=H.device)
+        out, ok = {}, torch.isfinite(lam).all(-1)
+        for name, idx in want.items():
+            mu = torch.gather(lam, -1, idx[:, None])[:, 0]
+            shifted = Hs - (mu + 16 * _EPS * top)[:, None, None] * eye
+            LU, piv, info = torch.linalg.lu_factor_ex(shifted)
+            x = self._v.get((key, name))
+            if x is None or x.shape != (B, D):
+                x = torch.ones(B, D, dtype=H.dtype, device=H.device)
+            x = x[..., None]
+            for _ in range(self.iters):
+                x = torch.linalg.lu_solve(LU, piv, x)
+                x = x / torch.linalg.vector_norm(x, dim=-2, keepdim=True)
+            x = x[..., 0]
+            resid = torch.linalg.vector_norm(
+                (Hs @ x[..., None])[..., 0] - mu[:, None] * x, dim=-1
+            )
+            ok &= torch.isfinite(resid) & (resid <= self.rtol * top)
+            out[name] = x
+        self.stats["calls"] += 1
+        self.stats["vectors"] += B * len(want)
+        bad = torch.nonzero(~ok).flatten()
+        if len(bad):  # counted fallbacks: a full eigh of those elements
+            self.stats["fallbacks"] += len(bad)
+            lam_b, V_b = torch.linalg.eigh(Hs[bad])
+            lam = lam.index_copy(0, bad, lam_b)
+            for name, idx in want.items():
+                j = idx[bad][:, None, None].expand(len(bad), D, 1)
+                out[name] = out[name].index_copy(
+                    0, bad, torch.gather(V_b, -1, j)[..., 0]
+                )
+        for name, x in out.items():
+            self._v[(key, name)] = x
+        return lam, out
 
 
 class ExtremeEigensolver:

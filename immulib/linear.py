@@ -55,7 +55,13 @@ from ._validate import (
     threads,
 )
 from ._validate import progress as _progress
-from .linalg import CONVENTIONS, SHIFT, ExtremeEigensolver, gram
+from .linalg import (
+    CONVENTIONS,
+    SHIFT,
+    ExtremeEigensolver,
+    PartialEigensolver,
+    gram,
+)
 from .results import ImmunizationResult
 
 __all__ = [
@@ -98,6 +104,9 @@ AUTHORS_HOUSE_PRICES: dict[str, object] = dict(
 )
 
 EPS = float(torch.finfo(torch.float64).eps)
+#: the smallest D at which ``solver=None`` picks the partial eigensolver for the policy methods
+#: (measured on a CPU: below it one full eigh per Hessian is faster; ``benchmarks/``)
+PARTIAL_MIN_D = 96
 
 
 @dataclass(frozen=True)
@@ -233,6 +242,13 @@ def _eig(H, Hs=None, absmax=None):
     return lam * s[..., 0], V
 
 
+def _eigvals(H):
+    """The eigenvalues alone (ascending), scaled as in :func:`_eig` (cheaper than eigh with
+    vectors: for the last recorded step, K_P and K_s)."""
+    s = H.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(H.dtype).tiny)
+    return torch.linalg.eigvalsh(_sym(H) / s) * s[..., 0]
+
+
 def _rank(lam):
     """Numerical rank per batch element (numpy's matrix_rank rule on the eigenvalues)."""
     tol = lam[..., -1:].abs() * lam.shape[-1] * EPS
@@ -286,6 +302,17 @@ class _Full:
     def outer_at(self, k):
         return _outer(self.V, self.lam.shape[-1] - k)
 
+    def vec_top(self):
+        """v₁ (B, D)."""
+        return self.V[..., -1]
+
+    def vec_at(self, k):
+        """v_k (B, D), the eigenvector of σ_k."""
+        j = self.lam.shape[-1] - k
+        return torch.gather(self.V, -1, j[:, None, None].expand(*self.V.shape[:2], 1))[
+            ..., 0
+        ]
+
     def rebuilt(self):
         """H itself when the caller has it (saves a D³ product), else V diag(λ) Vᵀ."""
         if self.H is not None:
@@ -309,6 +336,31 @@ class _Full:
         return d.abs().amax(-1)
 
 
+class _Partial(_Full):
+    """Every eigenvalue and the eigenvectors of σ₁ (``"top"``) and/or σ_k (``"at"``), from
+    :class:`immulib.linalg.PartialEigensolver`."""
+
+    __slots__ = ("vecs",)
+
+    def __init__(self, lam, vecs, H):
+        super().__init__(lam, None, H)
+        self.vecs = vecs
+
+    def vec_top(self):
+        return self.vecs["top"]
+
+    def vec_at(self, k):
+        return self.vecs["at"]
+
+    def outer_top(self):
+        v = self.vecs["top"][..., None]
+        return v @ v.mT
+
+    def outer_at(self, k):
+        v = self.vecs["at"][..., None]
+        return v @ v.mT
+
+
 class _Extreme:
     """The same from an extreme-eigenpair solver (:class:`immulib.linalg.ExtremeEigensolver`):
     the two largest and the smallest eigenpair of full-rank Hessians (k = D), and H itself."""
@@ -329,6 +381,12 @@ class _Extreme:
 
     def outer_at(self, k):
         return self.v_low @ self.v_low.mT
+
+    def vec_top(self):
+        return self.v_top[..., 0]
+
+    def vec_at(self, k):
+        return self.v_low[..., 0]
 
     def rebuilt(self):
         return self.H
@@ -396,16 +454,13 @@ def _grad_log_kappa(theta, K, s, k):
 
 
 def _sup(prob: Problem, theta, omega):
-    """(∇_θL, ∇_ωL, L) of the supervised loss, batched."""
+    """(g_u, ∇_ωL, L) of the supervised loss, batched: ∇_θL = g_u ωᵀ (rank one, formed only by
+    the methods that need it as a matrix)."""
     u = (theta @ omega[..., None])[..., 0]
     Ku = (prob.Ks @ u[..., None])[..., 0]
     gu = 2 * (Ku - prob.bs) / prob.Ns[:, None]
     loss = ((u * Ku).sum(-1) - 2 * (prob.bs * u).sum(-1) + prob.cs) / prob.Ns
-    return (
-        gu[..., :, None] * omega[..., None, :],
-        (theta.mT @ gu[..., None])[..., 0],
-        loss,
-    )
+    return gu, (theta.mT @ gu[..., None])[..., 0], loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,7 +513,7 @@ def run(
     omega_init=None,
     record_every: int = 10,
     conventions: tuple[str, ...] = ("pinv",),
-    solver: Callable | str | ExtremeEigensolver | None = None,
+    solver: Callable | str | ExtremeEigensolver | PartialEigensolver | None = None,
     progress: bool | None = None,
     desc: str | None = None,
 ):
@@ -470,11 +525,18 @@ def run(
     ``restoration_steps`` of the constrained method; ``solver``: the extreme solver's counters).
     Each Hessian is decomposed once per step, and that decomposition serves every term, bound
     and history entry (θ_0's also the weights and ranks; K_P is decomposed once per run).
-    ``solver``: None or ``"eigh"`` (the batched ``torch.linalg.eigh``), a callable
-    ``H -> (eigenvalues ascending, eigenvectors)`` in its place, or ``"extreme"`` / an
+    ``solver``: ``"partial"`` / a :class:`immulib.linalg.PartialEigensolver` (every eigenvalue by
+    ``eigvalsh``, and only the eigenvectors the terms read by warm-started inverse iteration:
+    v₁ of H_P and v_k of H_H for the policy methods, both ends of each for the others),
+    ``"eigh"`` (the batched ``torch.linalg.eigh``), a callable ``H -> (eigenvalues ascending,
+    eigenvectors)`` in its place, or ``"extreme"`` / an
     :class:`immulib.linalg.ExtremeEigensolver`: only the eigenpairs the terms read (σ₁, v₁, σ₂,
     σ_min of H_P; σ₁, σ_min, v_min of H_H), by warm-started LOBPCG; it needs full-rank
-    Hessians, and its fallbacks to ``eigh`` are counted in ``info["solver"]`` and warned about.
+    Hessians. None (the default) is ``"partial"`` for ``"ours"`` and its ablations when
+    D ≥ :data:`PARTIAL_MIN_D`, else ``"eigh"`` (for the other methods always, so their results
+    are bit for bit those of earlier releases).
+    The partial and extreme solvers' fallbacks to ``eigh`` are counted in ``info["solver"]``
+    and warned about.
     Knobs: see :func:`immunize`. The ``"released"`` policy needs the rows of X: use
     :func:`immunize`.
 
@@ -501,7 +563,22 @@ def run(
         choice(c, "conventions", CONVENTIONS)
     if method == "imma" and prob.bH is None:
         raise ValueError('method="imma" needs the harmful targets yH')
-    eig, extreme = _solvers(solver)
+    if (
+        solver is None
+    ):  # the policy step reads two eigenvectors (the others four): below
+        # PARTIAL_MIN_D a full eigh costs less than the partial solver's many small calls
+        solver = (
+            "partial"
+            if method in POLICY_METHODS and prob.D >= PARTIAL_MIN_D
+            else "eigh"
+        )
+    custom = callable(solver) and not isinstance(
+        solver, (str, ExtremeEigensolver, PartialEigensolver)
+    )
+    eig, eigvals, extreme = _solvers(solver)
+    partial = extreme if isinstance(extreme, PartialEigensolver) else None
+    if partial is not None:
+        extreme = None
     B, D, dev = prob.B, prob.D, prob.KP.device
     theta = (
         torch.eye(D, dtype=torch.float64, device=dev).expand(B, D, D).clone()
@@ -545,8 +622,25 @@ def run(
             need_H = dict(top=1, top_vectors=0, bottom_vector=True)
         else:
             need_P = need_H = dict(top=1, top_vectors=1, bottom_vector=True)
+    if (
+        partial is not None
+    ):  # the vectors each Hessian's terms read, warm-started from θ_0's
+        top = torch.full((B,), D - 1, dtype=torch.long, device=dev)
+        want_P = (
+            {"top": top} if method in POLICY_METHODS else {"top": top, "at": D - kP}
+        )
+        want_H = (
+            {"at": D - kH} if method in POLICY_METHODS else {"top": top, "at": D - kH}
+        )
+        for key, want, V0 in (("P", want_P, VP0), ("H", want_H, VH0)):
+            for name, idx in want.items():
+                j = idx[:, None, None].expand(B, D, 1)
+                partial.seed(key, name, torch.gather(V0, -1, j)[..., 0])
     # K_P decomposed once: κ(K_P) = κ(H_P(I)) (Definition 3.1 (b)) and, constrained, K_P⁺
-    lamK, VK = eig(prob.KP)
+    if method == "constrained":
+        lamK, VK = eig(prob.KP)
+    else:
+        lamK = eigvals(prob.KP)
     kappa_budget = _kappa(lamK, _rank(lamK), "pinv")
 
     # the weights of the regularizers
@@ -593,7 +687,7 @@ def run(
         KP_pinv = _sym((VK * inv[:, None, :]) @ VK.mT)
         best_kH = torch.full((B,), -math.inf, dtype=torch.float64, device=dev)
         best_theta, best_omega = theta.clone(), omega.clone()
-    LK = lamK[:, -1] if prob.Ks is prob.KP else eig(prob.Ks)[0][:, -1]
+    LK = lamK[:, -1] if prob.Ks is prob.KP else eigvals(prob.Ks)[:, -1]
     # the supervised rows are D_P ∪ D_H (the sweep's a-vs-b head): λ_max(θᵀK_sθ) is then at
     # most λ_max(H_P) + λ_max(H_H), and the head's cap needs no decomposition while that bound
     # already keeps it above η
@@ -627,11 +721,11 @@ def run(
             rawP, rawH = rawP0, rawH0
         else:
             rawP, rawH = theta.mT @ prob.KP @ theta, theta.mT @ prob.KH @ theta
-        g_theta, g_omega, loss = _sup(prob, theta, omega)
-        # the largest |entry| of each Hessian: the scale of its decomposition, and (amax
+        gu, g_omega, loss = _sup(prob, theta, omega)
+        # the largest |entry| of each Hessian: the scale of its decomposition, and (the max
         # propagates NaN, |±inf| = inf) the finiteness check, in one pass over each
-        absP = rawP.abs().amax(dim=(-2, -1), keepdim=True)
-        absH = rawH.abs().amax(dim=(-2, -1), keepdim=True)
+        absP = torch.linalg.vector_norm(rawP, math.inf, dim=(-2, -1), keepdim=True)
+        absH = torch.linalg.vector_norm(rawH, math.inf, dim=(-2, -1), keepdim=True)
         finite = (
             torch.isfinite(absP).all()
             & torch.isfinite(absH).all()
@@ -646,15 +740,26 @@ def run(
                     else f", mu={mu:g}"
                 )
             )
-        HP, HH = _sym(rawP), _sym(rawH)
+        # symmetric up to rounding; eigh reads one triangle, and the policy step needs no more
+        if method in POLICY_METHODS and t > 0:
+            HP, HH = rawP, rawH
+        else:
+            HP, HH = _sym(rawP), _sym(rawH)
         if t == 0:  # the decompositions of θ_0 made above
             sP, sH = _Full(lamP0, VP0, HP), _Full(lamH0, VH0, HH)
+        elif t == steps and method != "constrained" and extreme is None:
+            # the last iterate is only recorded: its eigenvalues suffice
+            sP = _Full(eigvals(rawP), None, HP)
+            sH = _Full(eigvals(rawH), None, HH)
         elif extreme is not None:
             sP = _Extreme(extreme(HP, "P", **need_P), HP)
             sH = _Extreme(extreme(HH, "H", **need_H), HH)
+        elif partial is not None:
+            sP = _Partial(*partial(HP, "P", want_P), HP)
+            sH = _Partial(*partial(HH, "H", want_H), HH)
         else:
-            sP = _Full(*eig(rawP) if solver is not None else _eig(rawP, HP, absP), HP)
-            sH = _Full(*eig(rawH) if solver is not None else _eig(rawH, HH, absH), HH)
+            sP = _Full(*eig(rawP) if custom else _eig(rawP, HP, absP), HP)
+            sH = _Full(*eig(rawH) if custom else _eig(rawH, HH, absH), HH)
         if method == "constrained":  # keep the feasible iterate with the largest κ(H_H)
             kH_t = sH.kappa(kH, "pinv")
             feasible = sP.kappa(kP, "pinv") <= kappa_budget * (1 + 1e-9)
@@ -692,7 +797,7 @@ def run(
         omega_t = omega - eta_w[:, None] * g_omega
         if method in POLICY_METHODS:
             theta = _policy_step(
-                pol, theta, omega, g_theta, (sP, kP), (sH, kH), (lP, lH),
+                pol, theta, omega, gu, (sP, kP), (sH, kH), (lP, lH),
                 knobs, prob,
             )  # fmt: skip
         elif method == "imma":
@@ -703,7 +808,7 @@ def run(
             gHk = _grad_log_kappa(theta, prob.KH, sH, kH)
             gPk = _grad_log_kappa(theta, prob.KP, sP, kP)
             if method == "opt_kappa":
-                grad = g_theta + mu * (gPk - gHk)
+                grad = gu[..., :, None] * omega[..., None, :] + mu * (gPk - gHk)
                 theta = adam.step(theta, grad)
             else:  # constrained: ascend log κ(H_H), penalise log κ(H_P) above log κ(K_P);
                 # K_P⁻¹-preconditioned (as Algorithm 1 preconditions R_well) and normalised:
@@ -736,12 +841,14 @@ def run(
         )
         rows = [r for r in rows if r["step"] != steps]
         record(steps, _Full(lamP, None), _Full(lamH, None), _sup(prob, theta, omega)[2])
-    if extreme is not None:
-        info["solver"] = dict(extreme.stats)
-        if extreme.stats["fallbacks"]:
+    used = extreme if extreme is not None else partial
+    if used is not None:
+        info["solver"] = dict(used.stats)
+        if used.stats["fallbacks"]:
             warnings.warn(
-                f"the extreme eigensolver fell back to a full eigh for "
-                f"{extreme.stats['fallbacks']} matrices (of {2 * B * steps}); see info['solver']",
+                f"the {'extreme' if extreme is not None else 'partial'} eigensolver fell back "
+                f"to a full eigh for {used.stats['fallbacks']} matrices (of {2 * B * steps}); "
+                "see info['solver']",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -749,47 +856,64 @@ def run(
 
 
 def _solvers(solver):
-    """(the full decomposition used at θ_0 and, with solver None or a callable, in the loop;
-    the extreme-eigenpair solver of the loop or None)."""
-    if solver is None or solver == "eigh":
-        return _eig, None
+    """(the full decomposition used at θ_0 and, with solver "eigh" or a callable, in the loop;
+    the eigenvalues alone; the loop's extreme-eigenpair or partial solver, or None)."""
+    if solver == "eigh":
+        return _eig, _eigvals, None
+    if solver is None or solver == "partial":
+        return _eig, _eigvals, PartialEigensolver()
     if solver == "extreme":
-        return _eig, ExtremeEigensolver()
-    if isinstance(solver, ExtremeEigensolver):
-        return _eig, solver
+        return _eig, _eigvals, ExtremeEigensolver()
+    if isinstance(solver, (ExtremeEigensolver, PartialEigensolver)):
+        return _eig, _eigvals, solver
     if callable(solver) and not isinstance(solver, str):
-        return solver, None
+        return solver, lambda H: solver(H)[0], None
     raise TypeError(
-        'solver must be None/"eigh", "extreme", an immulib.linalg.ExtremeEigensolver or a '
-        f"callable H -> (eigenvalues ascending, eigenvectors), got {solver!r}"
+        'solver must be None, "partial", "eigh", "extreme", an immulib.linalg.'
+        "PartialEigensolver or ExtremeEigensolver, or a callable H -> (eigenvalues "
+        f"ascending, eigenvectors), got {solver!r}"
     )
 
 
-def _policy_step(pol, theta, omega, g_theta, spec_P, spec_H, weights, knobs, prob):
-    """One full-batch step of ``"ours"``/``"r_well_only"``/``"r_ill_only"`` under ``pol``."""
+def _policy_step(pol, theta, omega, gu, spec_P, spec_H, weights, knobs, prob):
+    """One full-batch step of ``"ours"``/``"r_well_only"``/``"r_ill_only"`` under ``pol``.
+
+    θ ← θ − η_t g_u ωᵀ − θM with M = 2η_P G_well + 2η_H G_ill, never formed: with
+    G_well = σ₁v₁v₁ᵀ − H_P/p and G_ill = (σ_k v_kv_kᵀ − H_H/k)/g²,
+    θM = θ(a_P H_P + a_H H_H) + c_P (θv₁)v₁ᵀ + c_H (θv_k)v_kᵀ, so a step is one D × D product
+    and one rank-3 update (a_P = −2η_P/p, c_P = 2η_Pσ₁, a_H = −2η_H/(k g²), c_H = 2η_Hσ_k/g²)."""
     (sP, kP), (sH, kH), (lP, lH) = spec_P, spec_H, weights
     eta, rho, delta, LK = knobs["eta"], knobs["rho"], knobs["delta"], knobs["LK"]
     D = theta.shape[-1]
-    M = None  # 2η_P G_well + 2η_H G_ill
+    C, U, W = None, [], []  # θM = θC + U Wᵀ
     if knobs["use_P"]:
-        GP = _g_well(sP, sP.H)
         etaP = eta * lP if pol.name == "paper" else lP * rho * _bound_well(sP, kP, D)
-        M = 2 * etaP[:, None, None] * GP
+        C = sP.H * (-2 * etaP / D)[:, None, None]
+        v1 = sP.vec_top()
+        U.append((theta @ v1[..., None])[..., 0])
+        W.append((2 * etaP * sP.top)[:, None] * v1)
     if knobs["use_H"]:
-        GH, g, sk = _g_ill(sH, kH, sH.H)
+        sk = sH.at(kH)
+        g = sH.fro2() / (2 * kH) - sk**2 / 2
         if pol.name == "paper":
             etaH = eta * lH
         else:  # its own bound (Theorem 4.3 (2)) and a trust region ‖2η_H G_ill‖₂ ≤ δ
             bound = g**2 / (2 * sk * (1 - 1 / kH))
             gnorm = _norm_g_ill(sH, kH, g, sk)
             etaH = lH * torch.minimum(rho * bound, delta / (2 * gnorm))
-        MH = 2 * torch.where(lH > 0, etaH, torch.zeros_like(etaH))[:, None, None] * GH
-        M = MH if M is None else M + MH
+        etaH = torch.where(lH > 0, etaH, torch.zeros_like(etaH)) / g**2
+        aH = (-2 * etaH / kH)[:, None, None]
+        C = sH.H * aH if C is None else C.addcmul_(sH.H, aH)
+        vk = sH.vec_at(kH)
+        U.append((theta @ vk[..., None])[..., 0])
+        W.append((2 * etaH * sk)[:, None] * vk)
     # the supervised θ-step, capped by the inverse Lipschitz constant 2‖ω‖²σ_max(K_s)/N of ∇_θL
     w2 = (omega * omega).sum(-1)
     eta_t = torch.minimum(torch.full_like(w2, eta), prob.Ns / (2 * LK * w2 + 1e-300))
-    step = theta - eta_t[:, None, None] * g_theta
-    return step if M is None else step - theta @ M
+    U.append(gu)
+    W.append(eta_t[:, None] * omega)
+    step = theta if C is None else torch.baddbmm(theta, theta, C, alpha=-1)
+    return torch.baddbmm(step, torch.stack(U, -1), torch.stack(W, -1).mT, alpha=-1)
 
 
 def _imma_grad(prob, theta, omega, mu, inner_steps, kH):

@@ -223,3 +223,38 @@ def test_extreme_eigensolver_matches_eigh_cold_and_warm_and_counts_fallbacks():
         linalg.ExtremeEigensolver()(torch.eye(8, dtype=torch.float64)[None], "z")
     with pytest.raises(ValueError, match="top"):
         solver(H, "x", top=3)
+
+
+def test_partial_eigensolver_matches_eigh_on_full_and_singular_batches_and_counts_fallbacks():
+    H = _spd_batch(1, kappa=1e8)
+    D = H.shape[-1]
+    # a singular batch: rank D - 3, the wanted vector that of the smallest nonzero eigenvalue
+    gen = torch.Generator().manual_seed(3)
+    Q = torch.linalg.qr(torch.randn(4, D, D, generator=gen, dtype=torch.float64)).Q
+    lam_s = torch.cat([torch.zeros(3), torch.logspace(0, 6, D - 3)]).to(torch.float64)
+    S = (Q * lam_s[None, None, :]) @ Q.mT
+    for name, M, low in (("full", H, 0), ("singular", (S + S.mT) / 2, 3)):
+        solver = linalg.PartialEigensolver()
+        lam, V = torch.linalg.eigh(M)
+        want = {"top": torch.full((4,), D - 1), "low": torch.full((4,), low)}
+        for step in range(
+            2
+        ):  # a cold start (ones), then a warm start from the last call
+            got, vecs = solver(M, name, want)
+            torch.testing.assert_close(got, lam, rtol=0, atol=1e-12 * float(lam.max()))
+            for key, j in (("top", D - 1), ("low", low)):
+                cos = (vecs[key] * V[..., j]).sum(-1).abs()
+                assert float((1 - cos).abs().max()) < 1e-10, (name, key, step)
+        assert solver.stats == dict(calls=2, vectors=16, fallbacks=0)
+    # an impossible residual test: every element falls back to eigh, counted, and is exact
+    strict = linalg.PartialEigensolver(rtol=1e-300)
+    got, vecs = strict(H, "x", {"top": torch.full((4,), D - 1)})
+    lam, V = torch.linalg.eigh(H)
+    assert strict.stats["fallbacks"] == 4
+    torch.testing.assert_close(got, lam, rtol=0, atol=1e-12 * float(lam.max()))
+    cos = (vecs["top"] * V[..., -1]).sum(-1).abs()
+    assert float((1 - cos).abs().max()) < 1e-12
+    with pytest.raises(ValueError, match="iters"):
+        linalg.PartialEigensolver(iters=0)
+    with pytest.raises(ValueError, match="rtol"):
+        linalg.PartialEigensolver(rtol=-1.0)

@@ -429,6 +429,43 @@ def test_the_extreme_eigensolver_gives_the_eigh_results(method):
     assert float((ref[0] - torch.eye(prob.D)).abs().max()) > 1e-4  # θ moved
 
 
+@pytest.mark.parametrize("method", ["ours", "r_well_only", "r_ill_only", "constrained"])
+def test_the_partial_eigensolver_gives_the_eigh_results(method):
+    """The partial solver (every eigenvalue, the eigenvectors the terms read by inverse
+    iteration) agrees with eigh to 1e-9 relative, with no fallback, also on a singular K_H
+    (σ_k inside the spectrum)."""
+    XP, yP, XH, _ = _task(n=60, d=24)
+    XH = XH.copy()
+    XH[:, -1] = XH[:, 0]  # rank-deficient K_H
+    for prob in (_full_rank_problem(), lin.Problem.from_data(XP, yP, XH)):
+        ref = lin.run(
+            prob, method, steps=15, record_every=1, progress=False, solver="eigh"
+        )
+        got = lin.run(prob, method, steps=15, record_every=1, progress=False,
+                      solver="partial")  # fmt: skip
+        scale = float(ref[0].abs().max())
+        assert float((got[0] - ref[0]).abs().max()) <= 1e-9 * scale
+        np.testing.assert_allclose(got[2].kappa_H, ref[2].kappa_H, rtol=1e-9)
+        np.testing.assert_allclose(got[2].kappa_P, ref[2].kappa_P, rtol=1e-9)
+        # each Hessian of steps 1..14 (and of 15, which the constrained method also checks)
+        calls = 2 * (15 if method == "constrained" else 14)
+        assert got[3]["solver"]["fallbacks"] == 0 and got[3]["solver"]["calls"] == calls
+        assert float((ref[0] - torch.eye(prob.D)).abs().max()) > 1e-4  # θ moved
+
+
+def test_the_default_solver_is_partial_for_the_policy_methods_at_large_D_only():
+    small = _full_rank_problem(D=24, B=1)
+    large = _full_rank_problem(D=lin.PARTIAL_MIN_D, B=1)
+    for method in ("ours", "r_ill_only", "opt_kappa", "constrained"):
+        for prob in (small, large):
+            got = lin.run(prob, method, steps=2, progress=False)
+            ref = lin.run(prob, method, steps=2, progress=False, solver="eigh")
+            partial = method in lin.POLICY_METHODS and prob is large
+            assert ("solver" in got[3]) == partial, (method, prob.D)
+            if not partial:  # then it is eigh, bit for bit
+                assert torch.equal(got[0], ref[0])
+
+
 def test_the_extreme_eigensolver_refuses_singular_hessians_and_bad_solvers():
     XP, yP, XH, _ = _task(n=60, d=24)
     XH = XH.copy()
