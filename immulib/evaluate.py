@@ -387,7 +387,18 @@ def score(
     r = rir(
         XP, XH, theta, theta0=None if theta_ref is None else ref, convention=convention
     )
-    loss, loss_ref = _best_loss(XP @ theta, yP), _best_loss(XP @ ref, yP)
+    splits = {"train": (XP, yP, XH, yH)}
+    if has_test:
+        splits["test"] = (
+            *_task(XP_test, yP_test, "XP_test", "yP_test", D),
+            *_task(XH_test, yH_test, "XH_test", "yH_test", D),
+        )
+    spectra = {  # one SVD per split and task, for the attackers and (train, P) the D_P loss
+        (split, task): _spectrum(X @ theta, y)
+        for split, (Xp, yp, Xh, yh) in splits.items()
+        for task, X, y in (("H", Xh, yh), ("P", Xp, yp))
+    }
+    loss, loss_ref = spectra[("train", "P")][2], _best_loss(XP @ ref, yP)
     floor = 1e-12 * 0.5 * float(yP @ yP)  # "zero loss": both fit D_P exactly
     kept = (
         1.0
@@ -406,12 +417,6 @@ def score(
         "loss_P_kept": kept,
         "theta_dist": dist,
     }
-    splits = {"train": (XP, yP, XH, yH)}
-    if has_test:
-        splits["test"] = (
-            *_task(XP_test, yP_test, "XP_test", "yP_test", D),
-            *_task(XH_test, yH_test, "XH_test", "yH_test", D),
-        )
     for split in ("train", "test"):
         for task in ("H", "P"):
             if split not in splits:
@@ -419,9 +424,7 @@ def score(
                     f"steps_{task}_{split}_fixed"
                 ] = math.nan
                 continue
-            Xp, yp, Xh, yh = splits[split]
-            X, y = (Xh, yh) if task == "H" else (Xp, yp)
-            lam, u, _ = _spectrum(X @ theta, y)
+            lam, u, _ = spectra[(split, task)]
             row[f"steps_{task}_{split}_exact"] = _steps_exact(
                 lam, u, goal[task], max_steps
             )

@@ -1,16 +1,19 @@
 """Regenerate immulib/tables/mnist_tuned.csv: the fair protocol on MNIST digit pairs.
 
-    IMMULIB_DATA=/path/to/data python -m tools.mnist_tune            # about 45 min on 2 cores
+    IMMULIB_DATA=/path/to/data python -m tools.mnist_tune --workers 2   # ~15 min on 2 cores
 
-For every method entry of :data:`immulib.protocol.GRIDS`, on the pairs of
-:data:`immulib.pairs.SUBSET` in the well-posed setup, with the same budget of ``--steps``
-full-batch steps:
+For every method entry of :data:`immulib.protocol.GRIDS`, in the well-posed setup, with the same
+budget of ``--steps`` full-batch steps:
 
-1. **grid** (seed 0): each of the entry's four settings is run on every pair; the setting kept is
-   the one :func:`immulib.protocol.select` ranks first on the median (i) and median (ii) over the
-   pairs (training rows): feasible settings ((ii) ≤ 1) by the largest (i), else the largest RIR;
-2. **seeds**: the kept setting is run again with seeds 1 and 2 (another balanced subsample of the
-   two digits and another ω_0), so that seed 0's grid row and these give three seeds per pair.
+1. **grid** (seed 0, the ten pairs of :data:`immulib.pairs.SUBSET`): each of the entry's four
+   settings is run on every pair; the setting kept is the one :func:`immulib.protocol.select`
+   ranks first on the median (i) and median (ii) over the pairs (training rows): feasible
+   settings ((ii) ≤ 1) by the largest (i), else the largest RIR;
+2. **seeds** (the ten pairs): the kept setting is run again with seeds 1 and 2 (another balanced
+   subsample of the two digits and another ω_0), so that seed 0's grid row and these give three
+   seeds per pair;
+3. **all** (seed 0, all 90 pairs): the kept setting on every ordered pair (``--no-all`` skips
+   it); the ten pairs of the subset repeat their grid rows there.
 
 Every θ is then scored from the attacker's side by :func:`immulib.evaluate.score` on the pair's
 training images and on **all MNIST test images** of its two digits (:func:`immulib.pairs.splits`):
@@ -20,16 +23,19 @@ targets follow chapter 05's rule (a target the identity cannot reach makes a col
 nothing): per pair and task, ``target_H`` and ``target_P`` are the relative suboptimality the
 identity's line-search attacker reaches on that task's test images in ``--ref-steps`` steps.
 
-Rows are written after every run (a partial file is usable); ``stage`` says which step made a row,
-``setting`` is the knobs as JSON, ``chosen`` marks the kept setting, ``dist`` is ‖θ − θ_0‖_F
-(θ_0 the identity). Chapter 06 reads the file.
+The entries run in ``--workers`` processes (one torch thread each); the file is written after
+every entry (a partial file is usable). ``stage`` says which step made a row, ``setting`` is the
+knobs as JSON, ``chosen`` marks the kept setting, ``dist`` is ‖θ − θ_0‖_F (θ_0 the identity).
+Chapter 06 reads the file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
@@ -39,6 +45,7 @@ from immulib import data, evaluate, pairs, protocol
 
 OUT = Path(__file__).resolve().parents[1] / "immulib" / "tables" / "mnist_tuned.csv"
 SETUP = "well_posed"
+_STATE: dict = {}  # per process: the options, the data, the Gram matrices, the attacker's rows
 
 
 def chosen_setting(grid: pd.DataFrame) -> str:
@@ -48,6 +55,113 @@ def chosen_setting(grid: pd.DataFrame) -> str:
         for s, d in grid.groupby("setting", sort=False)
     ]
     return protocol.select(rows)["setting"]
+
+
+def _setup(options: dict) -> None:
+    """Load the data once per process."""
+    torch.set_num_threads(1)
+    train, test = data.load_mnist("train"), data.load_mnist("test")
+    _STATE.update(
+        options=options,
+        train=train,
+        test=test,
+        grams=pairs.digit_grams(train, SETUP, device=options["device"]),
+        cache={},
+    )
+
+
+def _attacker(ab, seed, theta) -> dict:
+    """The held-out columns of one θ (immulib.evaluate.score) and the identity's counts."""
+    opt, cache, grams = _STATE["options"], _STATE["cache"], _STATE["grams"]
+    if (ab, seed) not in cache:
+        rows = pairs.splits(
+            _STATE["train"], _STATE["test"], *ab, pixels=grams.pixels, seed=seed
+        )
+        goal = {
+            t: float(
+                evaluate.attack_curve(
+                    rows[f"X{t}_test"], rows[f"y{t}_test"], steps=opt["ref_steps"]
+                )[-1]
+            )
+            for t in ("H", "P")
+        }
+        ident = evaluate.score(
+            torch.eye(len(grams.pixels), dtype=torch.float64), **rows,
+            target=goal["H"], target_P=goal["P"], max_steps=opt["max_attack_steps"],
+        )  # fmt: skip
+        cache[(ab, seed)] = rows, goal, ident
+    rows, goal, ident = cache[(ab, seed)]
+    r = evaluate.score(
+        theta, **rows, target=goal["H"], target_P=goal["P"],
+        max_steps=opt["max_attack_steps"],
+    )  # fmt: skip
+    out = {c: r[c] for c in evaluate.STEP_COLUMNS}
+    out.update({c + "_id": ident[c] for c in evaluate.STEP_COLUMNS})
+    for c in ("def31", "slower_than_identity", "loss_P_kept"):
+        out[c] = r[c]
+    return dict(out, target_H=goal["H"], target_P=goal["P"])
+
+
+def _run(entry, knobs, seed, stage, chosen_pairs) -> pd.DataFrame:
+    """One sweep of ``entry`` at ``knobs``, scored; one row per pair (pinv convention)."""
+    opt = _STATE["options"]
+    t0 = time.perf_counter()
+    thetas = {}
+    df = pairs.sweep(
+        protocol.method_of(entry),
+        SETUP,
+        pairs=chosen_pairs,
+        steps=opt["steps"],
+        seed=seed,
+        grams=_STATE["grams"],
+        device=opt["device"],
+        num_threads=1,
+        progress=False,
+        thetas=thetas,
+        **knobs,
+    )
+    dist = {  # ‖θ − θ_0‖_F, θ_0 the identity
+        ab: float(torch.linalg.matrix_norm(t - torch.eye(*t.shape, dtype=t.dtype)))
+        for ab, t in thetas.items()
+    }
+    df["dist"] = [dist[(a, b)] for a, b in zip(df.a, df.b, strict=True)]
+    df = df[df.convention == "pinv"].drop(columns=list(knobs), errors="ignore")
+    scored = pd.DataFrame(
+        [
+            _attacker((a, b), seed, thetas[(a, b)])
+            for a, b in zip(df.a, df.b, strict=True)
+        ],
+        index=df.index,
+    )
+    df = pd.concat([df, scored], axis=1).assign(
+        entry=entry, stage=stage, setting=json.dumps(knobs, sort_keys=True)
+    )
+    print(
+        f"{entry} {stage} seed {seed} {knobs}: median (i) {df.i.median():.3g}, "
+        f"median (ii) {df.ii.median():.3g}, median held-out D_H steps × "
+        f"{(df.steps_H_test_exact / df.steps_H_test_exact_id).median():.3g}, "
+        f"{time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
+    return df
+
+
+def _entry(entry: str) -> pd.DataFrame:
+    """The grid, the seeds and (unless --no-all) the 90 pairs of one entry."""
+    opt = _STATE["options"]
+    grid = pd.concat(
+        [_run(entry, k, 0, "grid", "subset") for k in protocol.GRIDS[entry]]
+    )
+    keep = chosen_setting(grid)
+    grid["chosen"] = grid.setting == keep
+    knobs = json.loads(keep)
+    parts = [grid]
+    parts += [_run(entry, knobs, s, "seeds", "subset") for s in opt["seeds"]]
+    if opt["all"]:
+        parts.append(_run(entry, knobs, 0, "all", "all"))
+    for d in parts[1:]:
+        d["chosen"] = True
+    return pd.concat(parts)
 
 
 def main(argv=None) -> None:
@@ -62,96 +176,39 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--ref-steps", type=int, default=100)
     parser.add_argument("--max-attack-steps", type=int, default=3000)
+    parser.add_argument(
+        "--no-all", dest="all", action="store_false", help="skip the 90-pair stage"
+    )
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    train = data.load_mnist("train")
-    test = data.load_mnist("test")
-    grams = pairs.digit_grams(train, SETUP, device=args.device)
-    cache = {}  # (pair, seed) -> (the rows, the targets, the identity's counts)
-
-    def attacker(ab, seed, theta):
-        """The held-out columns of one θ (immulib.evaluate.score) and the identity's counts."""
-        if (ab, seed) not in cache:
-            rows = pairs.splits(train, test, *ab, pixels=grams.pixels, seed=seed)
-            goal = {
-                t: float(
-                    evaluate.attack_curve(
-                        rows[f"X{t}_test"], rows[f"y{t}_test"], steps=args.ref_steps
-                    )[-1]
-                )
-                for t in ("H", "P")
-            }
-            ident = evaluate.score(
-                torch.eye(len(grams.pixels), dtype=torch.float64), **rows,
-                target=goal["H"], target_P=goal["P"], max_steps=args.max_attack_steps,
-            )  # fmt: skip
-            cache[(ab, seed)] = rows, goal, ident
-        rows, goal, ident = cache[(ab, seed)]
-        r = evaluate.score(
-            theta, **rows, target=goal["H"], target_P=goal["P"],
-            max_steps=args.max_attack_steps,
-        )  # fmt: skip
-        out = {c: r[c] for c in evaluate.STEP_COLUMNS}
-        out.update({c + "_id": ident[c] for c in evaluate.STEP_COLUMNS})
-        for c in ("def31", "slower_than_identity", "loss_P_kept"):
-            out[c] = r[c]
-        return dict(out, target_H=goal["H"], target_P=goal["P"])
-
-    def run(entry, knobs, seed, stage):
-        t0 = time.perf_counter()
-        thetas = {}
-        df = pairs.sweep(
-            protocol.method_of(entry),
-            SETUP,
-            pairs="subset",
-            steps=args.steps,
-            seed=seed,
-            grams=grams,
-            device=args.device,
-            num_threads=1,
-            progress=False,
-            thetas=thetas,
-            **knobs,
-        )
-        dist = {  # ‖θ − θ_0‖_F, θ_0 the identity
-            ab: float(torch.linalg.matrix_norm(t - torch.eye(*t.shape, dtype=t.dtype)))
-            for ab, t in thetas.items()
-        }
-        df["dist"] = [dist[(a, b)] for a, b in zip(df.a, df.b, strict=True)]
-        df = df[df.convention == "pinv"].drop(columns=list(knobs), errors="ignore")
-        scored = pd.DataFrame(
-            [
-                attacker((a, b), seed, thetas[(a, b)])
-                for a, b in zip(df.a, df.b, strict=True)
-            ],
-            index=df.index,
-        )
-        df = pd.concat([df, scored], axis=1)
-        df = df.assign(
-            entry=entry, stage=stage, setting=json.dumps(knobs, sort_keys=True)
-        )
-        print(
-            f"{entry} {stage} seed {seed} {knobs}: median (i) {df.i.median():.3g}, "
-            f"median (ii) {df.ii.median():.3g}, median held-out D_H steps × "
-            f"{(df.steps_H_test_exact / df.steps_H_test_exact_id).median():.3g}, "
-            f"{time.perf_counter() - t0:.0f} s",
-            flush=True,
-        )
-        return df
-
+    options = {k: v for k, v in vars(args).items() if k not in ("entries", "out")}
+    t0 = time.perf_counter()
     out = pd.read_csv(args.out) if args.out.is_file() else pd.DataFrame()
-    for entry in args.entries:
+
+    def store(rows: pd.DataFrame) -> None:
+        nonlocal out
         if len(out):
-            out = out[out.entry != entry]
-        grid = pd.concat([run(entry, k, 0, "grid") for k in protocol.GRIDS[entry]])
-        keep = chosen_setting(grid)
-        grid["chosen"] = grid.setting == keep
-        seeds = [run(entry, json.loads(keep), s, "seeds") for s in args.seeds]
-        rows = pd.concat([grid, *(d.assign(chosen=True) for d in seeds)])
+            out = out[out.entry != rows.entry.iloc[0]]
         out = pd.concat([out, rows], ignore_index=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         out.to_csv(args.out, index=False, float_format="%.6g")
+
+    if args.workers <= 1:
+        _setup(options)
+        for entry in args.entries:
+            store(_entry(entry))
+    else:
+        with ProcessPoolExecutor(
+            args.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_setup,
+            initargs=(options,),
+        ) as pool:
+            for job in as_completed([pool.submit(_entry, e) for e in args.entries]):
+                store(job.result())
+    print(f"the protocol ran in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
