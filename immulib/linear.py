@@ -269,9 +269,16 @@ def _kappa(lam, k, convention: str):
     return shifted[..., -1] / big.amin(-1)
 
 
-def _outer(V, j):
-    v = torch.gather(V, -1, j[:, None, None].expand(V.shape[0], V.shape[1], 1))
-    return v @ v.mT
+def _column(V, j):
+    """Column j[b] of each V[b] (B, D, D) as (B, D)."""
+    return torch.gather(V, -1, j[:, None, None].expand(V.shape[0], V.shape[1], 1))[
+        ..., 0
+    ]
+
+
+def _outer(v):
+    """v vᵀ of each row of v (B, D)."""
+    return v[..., :, None] * v[..., None, :]
 
 
 class _Full:
@@ -300,7 +307,7 @@ class _Full:
         return v @ v.mT
 
     def outer_at(self, k):
-        return _outer(self.V, self.lam.shape[-1] - k)
+        return _outer(self.vec_at(k))
 
     def vec_top(self):
         """v₁ (B, D)."""
@@ -308,10 +315,7 @@ class _Full:
 
     def vec_at(self, k):
         """v_k (B, D), the eigenvector of σ_k."""
-        j = self.lam.shape[-1] - k
-        return torch.gather(self.V, -1, j[:, None, None].expand(*self.V.shape[:2], 1))[
-            ..., 0
-        ]
+        return _column(self.V, self.lam.shape[-1] - k)
 
     def rebuilt(self):
         """H itself when the caller has it (saves a D³ product), else V diag(λ) Vᵀ."""
@@ -353,12 +357,10 @@ class _Partial(_Full):
         return self.vecs["at"]
 
     def outer_top(self):
-        v = self.vecs["top"][..., None]
-        return v @ v.mT
+        return _outer(self.vecs["top"])
 
     def outer_at(self, k):
-        v = self.vecs["at"][..., None]
-        return v @ v.mT
+        return _outer(self.vecs["at"])
 
 
 class _Extreme:
@@ -634,8 +636,7 @@ def run(
         )
         for key, want, V0 in (("P", want_P, VP0), ("H", want_H, VH0)):
             for name, idx in want.items():
-                j = idx[:, None, None].expand(B, D, 1)
-                partial.seed(key, name, torch.gather(V0, -1, j)[..., 0])
+                partial.seed(key, name, _column(V0, idx))
     # K_P decomposed once: κ(K_P) = κ(H_P(I)) (Definition 3.1 (b)) and, constrained, K_P⁺
     if method == "constrained":
         lamK, VK = eig(prob.KP)
