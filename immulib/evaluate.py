@@ -60,6 +60,7 @@ __all__ = [
     "attack_curve",
     "attack_steps",
     "error_spectrum",
+    "identity_targets",
     "score",
     "score_table",
 ]
@@ -294,6 +295,37 @@ def _test_split(XP_test, yP_test, XH_test, yH_test):
             "pass all four of XP_test, yP_test, XH_test, yH_test, or none of them"
         )
     return all(given)
+
+
+def identity_targets(
+    XP,
+    yP,
+    XH,
+    yH,
+    *,
+    XP_test=None,
+    yP_test=None,
+    XH_test=None,
+    yH_test=None,
+    steps: int = 100,
+) -> dict[str, float]:
+    """The targets that the identity's line-search attacker reaches in ``steps`` steps: its
+    relative suboptimality after ``steps`` steps on D_H and on D_P, measured on the held-out
+    rows if they are given, else on the training rows, as :func:`score`'s ``target`` and
+    ``target_P`` (so ``score(**rows, **identity_targets(**rows))`` works on the rows of
+    :func:`immulib.pairs.splits`). The identity then needs exactly ``steps`` steps on those rows
+    (or fewer, on a curve that is flat at the end), and a column of steps never reads "not
+    reached" for the identity, as a fixed target out of its reach would.
+
+    Chapter: {ref}`ch-house-prices`.
+    """
+    steps = integer(steps, "steps", minimum=1)
+    if _test_split(XP_test, yP_test, XH_test, yH_test):
+        XP, yP, XH, yH = XP_test, yP_test, XH_test, yH_test
+    return dict(
+        target=float(attack_curve(XH, yH, steps=steps)[steps]),
+        target_P=float(attack_curve(XP, yP, steps=steps)[steps]),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

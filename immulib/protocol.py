@@ -10,6 +10,12 @@ setting kept is the one :func:`criterion` ranks first:
    largest (i) (the harder the harmful probe, the better: what the attacker feels);
 2. if none does, the largest RIR (the paper's own criterion).
 
+A grid of four points can keep a setting at its end, where a wider grid might do better. The
+protocol then **widens** it the same way for every method (:func:`widen`, at most ``widen``
+times, default :data:`WIDEN`): one more setting, each knob that sits at an end of the values
+tried moved one geometric grid step further out, and the selection is repeated; it stops when
+the kept setting is no longer at an end, or the new one diverges.
+
 Results are then reported on held-out rows (:func:`immulib.evaluate.score`). Chapters
 {ref}`ch-house-prices` and {ref}`ch-mnist-pairs` use it.
 """
@@ -24,7 +30,19 @@ import torch
 from ._validate import choice, integer, nonneg
 from .linear import METHODS, Problem, run, starts
 
-__all__ = ["GRIDS", "criterion", "method_of", "run_seeds", "select", "tune"]
+__all__ = [
+    "GRIDS",
+    "LIMITS",
+    "WIDEN",
+    "at_end",
+    "criterion",
+    "method_of",
+    "run_seeds",
+    "search",
+    "select",
+    "tune",
+    "widen",
+]
 
 #: Four settings per method, of the knobs that method has (the rest at their defaults).
 GRIDS: dict[str, list[dict]] = {
@@ -36,6 +54,104 @@ GRIDS: dict[str, list[dict]] = {
     "opt_kappa": [dict(eta=e, mu=m) for e in (0.003, 0.03) for m in (0.1, 1.0)],
     "imma": [dict(eta=e, mu=m) for e in (0.003, 0.03) for m in (0.1, 1.0)],
 }
+
+#: Open ranges of the knobs that have one besides (0, ∞): a step that would leave it goes halfway
+#: to the bound instead.
+LIMITS: dict[str, tuple[float, float]] = {"rho": (0.0, 1.0)}
+
+#: How many times :func:`search` widens a grid whose kept setting lies at an end.
+WIDEN = 2
+
+
+def _numeric_values(tried: list[dict]) -> dict[str, list[float]]:
+    """The distinct values, ascending, of each numeric knob that varies over ``tried``."""
+    keys = {k for s in tried for k, v in s.items() if isinstance(v, (int, float))}
+    values = {k: sorted({float(s[k]) for s in tried if k in s}) for k in keys}
+    return {k: v for k, v in values.items() if len(v) >= 2}
+
+
+def at_end(tried: list[dict], knobs: dict) -> bool:
+    """Whether ``knobs`` sets some knob to the smallest or the largest value ``tried`` gives it.
+
+    Chapter: {ref}`ch-mnist-pairs`.
+    """
+    return any(
+        float(knobs[k]) in (v[0], v[-1])
+        for k, v in _numeric_values(tried).items()
+        if k in knobs
+    )
+
+
+def widen(tried: list[dict], knobs: dict) -> dict | None:
+    """The next setting beyond an end of the grid ``tried``, or None if ``knobs`` (the kept
+    setting) sets no knob at an end: every knob at its largest value is multiplied by the
+    ratio of its two largest values, every knob at its smallest divided by the ratio of its
+    two smallest; a value that would leave the knob's range (:data:`LIMITS`) goes halfway to
+    the bound instead. The other knobs keep their values.
+
+    Chapter: {ref}`ch-house-prices`.
+    """
+    new, moved = dict(knobs), False
+    for k, v in _numeric_values(tried).items():
+        if k not in knobs:
+            continue
+        x = float(knobs[k])
+        lo, hi = LIMITS.get(k, (0.0, math.inf))
+        if x == v[-1]:
+            y = x * (v[-1] / v[-2])
+            y = (x + hi) / 2 if y >= hi else y
+        elif x == v[0]:
+            y = x / (v[1] / v[0])
+            y = (x + lo) / 2 if y <= lo else y
+        else:
+            continue
+        new[k], moved = float(f"{y:.6g}"), True
+    return new if moved else None
+
+
+def search(
+    grid: list[dict],
+    evaluate: Callable[[dict], dict],
+    *,
+    widen_times: int = WIDEN,
+    tol: float = 1e-6,
+) -> tuple[dict, list[dict]]:
+    """Evaluate every setting of ``grid`` (``evaluate(knobs)`` → a dict with ``i`` and ``ii``,
+    measured on the training rows; a FloatingPointError marks a diverged setting, kept in the
+    list with ``diverged=True`` and never chosen), keep the one :func:`criterion` ranks first,
+    and while it lies at an end of the settings tried (at most ``widen_times`` times) evaluate
+    :func:`widen`'s next setting (its row has ``widened=True``) and select again. Returns
+    (chosen knobs, rows).
+
+    Chapter: {ref}`ch-house-prices`.
+    """
+    integer(widen_times, "widen_times", 0)
+    rows: list[dict] = []
+
+    def add(knobs, widened):
+        try:
+            rows.append(
+                dict(knobs=knobs, diverged=False, widened=widened, **evaluate(knobs))
+            )
+        except FloatingPointError:
+            rows.append(
+                dict(
+                    knobs=knobs, diverged=True, widened=widened, i=math.nan, ii=math.nan
+                )
+            )
+        return not rows[-1]["diverged"]
+
+    for knobs in grid:
+        add(knobs, False)
+    for n in range(widen_times + 1):
+        ok = [r for r in rows if not r["diverged"]]
+        if not ok:
+            raise FloatingPointError(f"every setting diverged: {grid}")
+        kept = select(ok, tol=tol)["knobs"]
+        nxt = widen([r["knobs"] for r in rows], kept) if n < widen_times else None
+        if nxt is None or any(r["knobs"] == nxt for r in rows) or not add(nxt, True):
+            return kept, rows
+    raise AssertionError("unreachable")
 
 
 def criterion(i: float, ii: float, *, tol: float = 1e-6) -> tuple[int, float]:
@@ -110,24 +226,21 @@ def tune(
     grid: list[dict] | None = None,
     seed: int = 0,
     tol: float = 1e-6,
+    widen_times: int = WIDEN,
 ) -> tuple[dict, list[dict]]:
     """Run every setting of ``grid`` (default ``GRIDS[entry]``) for ``steps`` steps from the
     identity start of ``seed``, score each θ with ``score`` (a dict with ``i`` and ``ii``, measured
-    on the training rows) and keep the one :func:`criterion` ranks first. A setting that diverges
-    is kept in the list with ``diverged=True`` and never chosen. Returns (chosen knobs, rows).
+    on the training rows) and keep the one :func:`criterion` ranks first, widening the grid at
+    its ends (:func:`search`). A setting that diverges is kept in the list with
+    ``diverged=True`` and never chosen. Returns (chosen knobs, rows).
 
     Chapter: {ref}`ch-house-prices`.
     """
     steps = integer(steps, "steps", 1)
     grid = GRIDS[choice(entry, "entry", GRIDS)] if grid is None else grid
-    rows = []
-    for knobs in grid:
-        try:
-            theta, _ = run_seeds(prob, entry, knobs, seeds=[seed], steps=steps)
-            rows.append(dict(knobs=knobs, diverged=False, **score(theta[0])))
-        except FloatingPointError:
-            rows.append(dict(knobs=knobs, diverged=True, i=math.nan, ii=math.nan))
-    ok = [r for r in rows if not r["diverged"]]
-    if not ok:
-        raise FloatingPointError(f"every setting of {entry!r} diverged: {grid}")
-    return select(ok, tol=tol)["knobs"], rows
+
+    def evaluate(knobs):
+        theta, _ = run_seeds(prob, entry, knobs, seeds=[seed], steps=steps)
+        return score(theta[0])
+
+    return search(grid, evaluate, widen_times=widen_times, tol=tol)

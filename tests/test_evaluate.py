@@ -325,3 +325,26 @@ def test_curve_and_spectrum_bad_input():
         evaluate.attack_curve(X, y[:-1])
     with pytest.raises(ValueError, match="y must have 20"):
         evaluate.error_spectrum(X, y[:-1])
+
+
+def test_identity_targets_are_what_the_identity_reaches_in_n_steps_on_the_scored_rows():
+    rng = np.random.default_rng(11)
+    XP, XH = _data(rng, 50, 6, 1.0)[0], _data(rng, 50, 6, 2.0)[0]
+    yP, yH = XP @ rng.standard_normal(6), XH @ rng.standard_normal(6)
+    held = dict(
+        XP_test=XP[:30] * 1.1, yP_test=yP[:30], XH_test=XH[:30] * 0.9, yH_test=yH[:30]
+    )
+    got = evaluate.identity_targets(XP, yP, XH, yH, **held, steps=7)
+    assert got == dict(
+        target=float(evaluate.attack_curve(held["XH_test"], yH[:30], steps=7)[7]),
+        target_P=float(evaluate.attack_curve(held["XP_test"], yP[:30], steps=7)[7]),
+    )
+    train = evaluate.identity_targets(XP, yP, XH, yH, steps=7)
+    assert train["target"] == float(evaluate.attack_curve(XH, yH, steps=7)[7])
+    assert train != got  # the held-out rows, not the training rows, when given
+    row = evaluate.score(np.eye(6), XP, yP, XH, yH, **held, **got, max_steps=100)
+    assert 1 <= row["steps_H_test_exact"] <= 7 and 1 <= row["steps_P_test_exact"] <= 7
+    with pytest.raises(ValueError, match="steps"):
+        evaluate.identity_targets(XP, yP, XH, yH, steps=0)
+    with pytest.raises(ValueError, match="all four"):
+        evaluate.identity_targets(XP, yP, XH, yH, XP_test=XP)

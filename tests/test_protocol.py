@@ -63,3 +63,55 @@ def test_tune_keeps_diverged_settings_out_and_run_seeds_matches_immunize():
             progress=False,
         )
         assert torch.allclose(theta[j], ref.theta, rtol=1e-9, atol=1e-12)
+
+
+def test_widen_moves_every_knob_at_an_end_one_geometric_step_and_respects_limits():
+    grid = [dict(policy="paper", eta=e) for e in (0.001, 0.005, 0.02, 0.05)]
+    assert protocol.widen(grid, grid[-1]) == dict(policy="paper", eta=0.125)
+    assert protocol.widen(grid, grid[0]) == dict(policy="paper", eta=0.0002)
+    assert protocol.widen(grid, grid[1]) is None and not protocol.at_end(grid, grid[1])
+    assert protocol.at_end(grid, grid[-1]) and protocol.at_end(grid, grid[0])
+    # rho must stay below 1: 0.9 · 0.9/0.7 would leave (0, 1), so halfway to 1
+    rho = [dict(rho=r) for r in (0.3, 0.5, 0.7, 0.9)]
+    assert protocol.widen(rho, rho[-1]) == dict(rho=0.95)
+    # two knobs: each one at an end moves, the other keeps its value
+    two = [dict(eta=e, mu=m) for e in (0.003, 0.03) for m in (0.1, 1.0)]
+    assert protocol.widen(two, dict(eta=0.03, mu=1.0)) == dict(eta=0.3, mu=10.0)
+    three = two + [dict(eta=0.3, mu=1.0)]
+    assert protocol.widen(three, dict(eta=0.03, mu=0.1)) == dict(eta=0.03, mu=0.01)
+
+
+def test_search_widens_while_the_kept_setting_is_at_an_end_and_stops_on_divergence():
+    grid = [dict(eta=e) for e in (0.01, 0.1, 1.0)]
+    calls = []
+
+    def rising(
+        knobs,
+    ):  # feasible everywhere, (i) grows with eta: always the largest kept
+        calls.append(knobs["eta"])
+        return dict(i=1 + knobs["eta"], ii=0.5)
+
+    knobs, rows = protocol.search(grid, rising, widen_times=2)
+    assert calls == [0.01, 0.1, 1.0, 10.0, 100.0] and knobs == dict(eta=100.0)
+    assert [r["widened"] for r in rows] == [False] * 3 + [True] * 2
+    calls.clear()
+    assert protocol.search(grid, rising, widen_times=0)[0] == dict(eta=1.0)
+    assert calls == [0.01, 0.1, 1.0]
+
+    def peaked(knobs):  # the best setting is inside the grid: nothing is added
+        return dict(i=1 / (1 + abs(math.log10(knobs["eta"]) + 1)), ii=0.5)
+
+    knobs, rows = protocol.search(grid, peaked)
+    assert knobs == dict(eta=0.1) and len(rows) == 3
+
+    def blows_up(knobs):  # the widened setting diverges: the previous end stays kept
+        if knobs["eta"] > 1:
+            raise FloatingPointError("diverged")
+        return rising(knobs)
+
+    knobs, rows = protocol.search(grid, blows_up)
+    assert knobs == dict(eta=1.0) and rows[-1]["diverged"] and rows[-1]["widened"]
+    with pytest.raises(FloatingPointError, match="every setting"):
+        protocol.search(grid, lambda k: blows_up(dict(eta=10.0)))
+    with pytest.raises(ValueError, match="widen_times"):
+        protocol.search(grid, rising, widen_times=-1)

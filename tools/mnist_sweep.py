@@ -4,9 +4,9 @@
     IMMULIB_DATA=/path/to/data python -m tools.mnist_sweep --setup authors --pairs subset
 
 Each (setup, method entry) of :data:`immulib.protocol.GRIDS` is run on the chosen pairs with
-:func:`immulib.pairs.sweep` at the knobs given by ``--knobs`` ("default": each method's
-defaults) and replaces that (setup, entry)'s rows in the CSV, which is written after every entry
-(so a partial file is usable). The chapter "Linear classification: MNIST digit pairs" reads it.
+:func:`immulib.pairs.sweep` at that method's default knobs (Ours (paper): ``policy="paper"``)
+and replaces that (setup, entry, seed)'s rows in the CSV, which is written after every entry
+(so a partial file is usable). The tuned protocol is :mod:`tools.mnist_tune`. The chapter "Linear classification: MNIST digit pairs" reads it.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import argparse
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from immulib import data, pairs, protocol
+from tools.tables import replace_rows
 
 OUT = Path(__file__).resolve().parents[1] / "immulib" / "tables" / "mnist_sweep.csv"
 
@@ -43,7 +42,6 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     grams = pairs.digit_grams(data.load_mnist("train"), args.setup, device=args.device)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     for entry in args.entries:
         t0 = time.perf_counter()
         knobs = {"policy": "paper"} if entry == "ours_paper" else {}
@@ -59,16 +57,7 @@ def main(argv=None):
             **knobs,
         )
         df["entry"] = entry
-        old = pd.read_csv(args.out) if args.out.is_file() else pd.DataFrame()
-        if len(old):
-            old = old[
-                ~(
-                    (old.setup == args.setup)
-                    & (old.entry == entry)
-                    & (old.seed == args.seed)
-                )
-            ]
-        pd.concat([old, df]).to_csv(args.out, index=False, float_format="%.6g")
+        replace_rows(args.out, df, ("setup", "entry", "seed"))
         ok = df[df.convention == "pinv"]
         print(
             f"{args.setup} {entry}: {ok.success.sum()}/{len(ok)} successes, mean RIR {ok.rir.mean():.3g}, "

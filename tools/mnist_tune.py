@@ -8,7 +8,10 @@ budget of ``--steps`` full-batch steps:
 1. **grid** (seed 0, the ten pairs of :data:`immulib.pairs.SUBSET`): each of the entry's four
    settings is run on every pair; the setting kept is the one :func:`immulib.protocol.select`
    ranks first on the median (i) and median (ii) over the pairs (training rows): feasible
-   settings ((ii) ≤ 1) by the largest (i), else the largest RIR;
+   settings ((ii) ≤ 1) by the largest (i), else the largest RIR; while it lies at an end of the
+   settings tried, the grid is widened (:func:`immulib.protocol.search`, at most
+   :data:`immulib.protocol.WIDEN` more settings, ``widened`` marks their rows; a setting that
+   diverges on some pair gets one row with ``diverged`` true and is never kept);
 2. **seeds** (the ten pairs): the kept setting is run again with seeds 1 and 2 (another balanced
    subsample of the two digits and another ω_0), so that seed 0's grid row and these give three
    seeds per pair;
@@ -42,19 +45,11 @@ import pandas as pd
 import torch
 
 from immulib import data, evaluate, pairs, protocol
+from tools.tables import replace_rows
 
 OUT = Path(__file__).resolve().parents[1] / "immulib" / "tables" / "mnist_tuned.csv"
 SETUP = "well_posed"
 _STATE: dict = {}  # per process: the options, the data, the Gram matrices, the attacker's rows
-
-
-def chosen_setting(grid: pd.DataFrame) -> str:
-    """The ``setting`` of the grid rows (one entry, pinv convention) that the protocol keeps."""
-    rows = [
-        dict(setting=s, i=float(d.i.median()), ii=float(d.ii.median()))
-        for s, d in grid.groupby("setting", sort=False)
-    ]
-    return protocol.select(rows)["setting"]
 
 
 def _setup(options: dict) -> None:
@@ -77,29 +72,19 @@ def _attacker(ab, seed, theta) -> dict:
         rows = pairs.splits(
             _STATE["train"], _STATE["test"], *ab, pixels=grams.pixels, seed=seed
         )
-        goal = {
-            t: float(
-                evaluate.attack_curve(
-                    rows[f"X{t}_test"], rows[f"y{t}_test"], steps=opt["ref_steps"]
-                )[-1]
-            )
-            for t in ("H", "P")
-        }
+        goal = evaluate.identity_targets(**rows, steps=opt["ref_steps"])
         ident = evaluate.score(
-            torch.eye(len(grams.pixels), dtype=torch.float64), **rows,
-            target=goal["H"], target_P=goal["P"], max_steps=opt["max_attack_steps"],
+            torch.eye(len(grams.pixels), dtype=torch.float64), **rows, **goal,
+            max_steps=opt["max_attack_steps"],
         )  # fmt: skip
         cache[(ab, seed)] = rows, goal, ident
     rows, goal, ident = cache[(ab, seed)]
-    r = evaluate.score(
-        theta, **rows, target=goal["H"], target_P=goal["P"],
-        max_steps=opt["max_attack_steps"],
-    )  # fmt: skip
+    r = evaluate.score(theta, **rows, **goal, max_steps=opt["max_attack_steps"])
     out = {c: r[c] for c in evaluate.STEP_COLUMNS}
     out.update({c + "_id": ident[c] for c in evaluate.STEP_COLUMNS})
     for c in ("def31", "slower_than_identity", "loss_P_kept"):
         out[c] = r[c]
-    return dict(out, target_H=goal["H"], target_P=goal["P"])
+    return dict(out, target_H=goal["target"], target_P=goal["target_P"])
 
 
 def _run(entry, knobs, seed, stage, chosen_pairs) -> pd.DataFrame:
@@ -147,20 +132,37 @@ def _run(entry, knobs, seed, stage, chosen_pairs) -> pd.DataFrame:
 
 
 def _entry(entry: str) -> pd.DataFrame:
-    """The grid, the seeds and (unless --no-all) the 90 pairs of one entry."""
+    """The grid (widened at its ends by :func:`immulib.protocol.search`), the seeds and (unless
+    --no-all) the 90 pairs of one entry."""
     opt = _STATE["options"]
-    grid = pd.concat(
-        [_run(entry, k, 0, "grid", "subset") for k in protocol.GRIDS[entry]]
-    )
-    keep = chosen_setting(grid)
+    runs: dict[str, pd.DataFrame] = {}
+
+    def medians(knobs: dict) -> dict:
+        df = _run(entry, knobs, 0, "grid", "subset")
+        runs[json.dumps(knobs, sort_keys=True)] = df
+        return dict(i=float(df.i.median()), ii=float(df.ii.median()))
+
+    knobs, rows = protocol.search(protocol.GRIDS[entry], medians)
+    widened = {json.dumps(r["knobs"], sort_keys=True) for r in rows if r["widened"]}
+    keep = json.dumps(knobs, sort_keys=True)
+    grid = pd.concat(runs.values())
     grid["chosen"] = grid.setting == keep
-    knobs = json.loads(keep)
+    grid["widened"] = grid.setting.isin(widened)
+    grid["diverged"] = False
+    for r in rows:  # a setting that diverged on some pair: one row that says so
+        if r["diverged"]:
+            s = json.dumps(r["knobs"], sort_keys=True)
+            print(f"{entry} grid {r['knobs']}: diverged", flush=True)
+            grid = pd.concat([grid, pd.DataFrame([dict(
+                entry=entry, stage="grid", setting=s, seed=0, chosen=False,
+                widened=r["widened"], diverged=True,
+            )])], ignore_index=True)  # fmt: skip
     parts = [grid]
     parts += [_run(entry, knobs, s, "seeds", "subset") for s in opt["seeds"]]
     if opt["all"]:
         parts.append(_run(entry, knobs, 0, "all", "all"))
     for d in parts[1:]:
-        d["chosen"] = True
+        d["chosen"], d["widened"], d["diverged"] = True, keep in widened, False
     return pd.concat(parts)
 
 
@@ -185,15 +187,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k not in ("entries", "out")}
     t0 = time.perf_counter()
-    out = pd.read_csv(args.out) if args.out.is_file() else pd.DataFrame()
 
     def store(rows: pd.DataFrame) -> None:
-        nonlocal out
-        if len(out):
-            out = out[out.entry != rows.entry.iloc[0]]
-        out = pd.concat([out, rows], ignore_index=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        out.to_csv(args.out, index=False, float_format="%.6g")
+        replace_rows(args.out, rows, ("entry",))
 
     if args.workers <= 1:
         _setup(options)
