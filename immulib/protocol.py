@@ -55,8 +55,8 @@ GRIDS: dict[str, list[dict]] = {
     "imma": [dict(eta=e, mu=m) for e in (0.003, 0.03) for m in (0.1, 1.0)],
 }
 
-#: Open ranges of the knobs that have one besides (0, ∞): a step that would leave it goes halfway
-#: to the bound instead.
+#: Knob bounds besides positivity, as open intervals: a widening step that would leave one goes
+#: halfway to its bound instead.
 LIMITS: dict[str, tuple[float, float]] = {"rho": (0.0, 1.0)}
 
 #: How many times :func:`search` widens a grid whose kept setting lies at an end.
