@@ -11,7 +11,7 @@ setting kept is the one :func:`criterion` ranks first:
 2. if none does, the largest RIR (the paper's own criterion).
 
 A grid of four points can keep a setting at its end, where a wider grid might do better. The
-protocol then **widens** it the same way for every method (:func:`widen`, at most ``widen``
+protocol then **widens** it the same way for every method (:func:`widen`, at most ``widen_times``
 times, default :data:`WIDEN`): one more setting, each knob that sits at an end of the values
 tried moved one geometric grid step further out, and the selection is repeated; it stops when
 the kept setting is no longer at an end, or the new one diverges.
