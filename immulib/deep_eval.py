@@ -180,41 +180,23 @@ def rir_theta0_groups(
             "theta0 and immunized are the same model (or share parameters): RIR_θ0 would be 1 by "
             "construction. Keep a copy of θ0 taken before immunization (copy.deepcopy(model))."
         )
-    n_groups, group_size = (
-        v.integer(n_groups, "n_groups", 1),
-        v.integer(group_size, "group_size", 2),
-    )
-    data_p, data_h = check_dataset(data_p, "data_p"), check_dataset(data_h, "data_h")
     dev = v.device(device)
-    for name, ds in (("data_p", data_p), ("data_h", data_h)):
-        if group_size > len(ds):
-            raise ValueError(
-                f"group_size {group_size} is larger than {name} ({len(ds)} samples)"
-            )
-    groups = _draw_groups(len(data_p), len(data_h), n_groups, group_size, seed)
+    parts = _group_inputs(
+        theta0, data_p, data_h, n_groups, group_size, seed, batch_size,
+        (block_inputs_p, block_inputs_h), dev,
+    )  # fmt: skip
     same_prefix = _same_frozen_part(theta0, immunized)
     kappa = {}
-    for which, ds, given in ((0, data_p, block_inputs_p), (1, data_h, block_inputs_h)):
-        idx = np.unique(np.concatenate([g[which] for g in groups]))
-        row = {int(j): r for r, j in enumerate(idx)}
-        if given is None:
-            z = block_inputs(theta0, ds, indices=idx, batch_size=batch_size, device=dev)
-        else:
-            z = check_block_inputs(
-                theta0, ds, given, "block_inputs_" + "ph"[which], device=dev
-            )[torch.as_tensor(idx)]
+    for which, (ds, idx, z, rows) in enumerate(parts):
         for tag, model in (("0", theta0), ("I", immunized)):
             if tag == "I" and not same_prefix:
                 z = block_inputs(
                     model, ds, indices=idx, batch_size=batch_size, device=dev
                 )
             feats = _suffix_features(model, z, dev, batch_size)
-            kappa[tag, which] = [
-                condition_number(feature_gram(feats[[row[int(j)] for j in g[which]]]))
-                for g in groups
-            ]
+            kappa[tag, which] = [condition_number(feature_gram(feats[r])) for r in rows]
     out = []
-    for g in range(n_groups):
+    for g in range(len(parts[0][3])):
         kH, kH0, kP, kP0 = (
             kappa["I", 1][g],
             kappa["0", 1][g],
@@ -222,6 +204,36 @@ def rir_theta0_groups(
             kappa["0", 0][g],
         )
         out.append(RIR(kH / kH0, kP / kP0, (kH / kH0) / (kP / kP0), kH, kH0, kP, kP0))
+    return out
+
+
+def _group_inputs(
+    theta0, data_p, data_h, n_groups, group_size, seed, batch_size, given, dev
+) -> list[tuple]:
+    """The checked arguments of the RIR_θ0 groups, the groups drawn, and θ0's block inputs on
+    them: for D_P and for D_H, ``(dataset, idx, z, rows)`` with ``idx`` the samples some group
+    uses, ``z`` θ0's block inputs on them (``given``'s, checked against θ0, where passed) and
+    ``rows`` each group's positions in ``idx``."""
+    n_groups = v.integer(n_groups, "n_groups", 1)
+    group_size = v.integer(group_size, "group_size", 2)
+    data = (check_dataset(data_p, "data_p"), check_dataset(data_h, "data_h"))
+    for name, ds in zip(("data_p", "data_h"), data, strict=True):
+        if group_size > len(ds):
+            raise ValueError(
+                f"group_size {group_size} is larger than {name} ({len(ds)} samples)"
+            )
+    groups = _draw_groups(len(data[0]), len(data[1]), n_groups, group_size, seed)
+    out = []
+    for which, (ds, z_all) in enumerate(zip(data, given, strict=True)):
+        idx = np.unique(np.concatenate([g[which] for g in groups]))
+        row = {int(j): r for r, j in enumerate(idx)}
+        if z_all is None:
+            z = block_inputs(theta0, ds, indices=idx, batch_size=batch_size, device=dev)
+        else:
+            name = "block_inputs_" + "ph"[which]
+            z = check_block_inputs(theta0, ds, z_all, name, device=dev).to(dev)
+            z = z[torch.as_tensor(idx, device=dev)]
+        out.append((ds, idx, z, [[row[int(j)] for j in g[which]] for g in groups]))
     return out
 
 
@@ -260,33 +272,14 @@ class _RIRCheck:
         block_inputs_h: torch.Tensor | None = None,
         device="cpu",
     ):
-        n_groups = v.integer(n_groups, "n_groups", 1)
-        group_size = v.integer(group_size, "group_size", 2)
-        data_p, data_h = (
-            check_dataset(data_p, "data_p"),
-            check_dataset(data_h, "data_h"),
-        )
-        for name, ds in (("data_p", data_p), ("data_h", data_h)):
-            if group_size > len(ds):
-                raise ValueError(
-                    f"group_size {group_size} is larger than {name} ({len(ds)} samples)"
-                )
         self.dev, self.batch_size = v.device(device), batch_size
-        groups = _draw_groups(len(data_p), len(data_h), n_groups, group_size, seed)
-        self.parts = []
-        for which, ds, given in (
-            (0, data_p, block_inputs_p),
-            (1, data_h, block_inputs_h),
-        ):
-            idx = np.unique(np.concatenate([g[which] for g in groups]))
-            row = {int(j): r for r, j in enumerate(idx)}
-            if given is None:
-                z = block_inputs(
-                    theta0, ds, indices=idx, batch_size=batch_size, device=self.dev
-                )
-            else:
-                z = given.to(self.dev)[torch.as_tensor(idx, device=self.dev)]
-            self.parts.append((z, [[row[int(j)] for j in g[which]] for g in groups]))
+        self.parts = [
+            (z, rows)
+            for _, _, z, rows in _group_inputs(
+                theta0, data_p, data_h, n_groups, group_size, seed, batch_size,
+                (block_inputs_p, block_inputs_h), self.dev,
+            )
+        ]  # fmt: skip
         self.ref = [self._kappas(theta0, which) for which in (0, 1)]
         self.log_ref = torch.log(torch.tensor(self.ref[0], dtype=torch.float64))
 

@@ -372,13 +372,17 @@ class PartialEigensolver:
             lam_b, V_b = torch.linalg.eigh(Hs[bad])
             lam = lam.index_copy(0, bad, lam_b)
             for name, idx in want.items():
-                j = idx[bad][:, None, None].expand(len(bad), D, 1)
-                out[name] = out[name].index_copy(
-                    0, bad, torch.gather(V_b, -1, j)[..., 0]
-                )
+                out[name] = out[name].index_copy(0, bad, _column(V_b, idx[bad]))
         for name, x in out.items():
             self._v[(key, name)] = x
         return lam, out
+
+
+def _column(V: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Column j[b] of each V[b] (B, D, D) as (B, D)."""
+    return torch.gather(V, -1, j[:, None, None].expand(V.shape[0], V.shape[1], 1))[
+        ..., 0
+    ]
 
 
 class ExtremeEigensolver:

@@ -60,6 +60,7 @@ from .linalg import (
     SHIFT,
     ExtremeEigensolver,
     PartialEigensolver,
+    _column,
     gram,
 )
 from .results import ImmunizationResult
@@ -267,13 +268,6 @@ def _kappa(lam, k, convention: str):
     shifted = lam + SHIFT
     big = torch.where(shifted > SHIFT, shifted, torch.full_like(shifted, math.inf))
     return shifted[..., -1] / big.amin(-1)
-
-
-def _column(V, j):
-    """Column j[b] of each V[b] (B, D, D) as (B, D)."""
-    return torch.gather(V, -1, j[:, None, None].expand(V.shape[0], V.shape[1], 1))[
-        ..., 0
-    ]
 
 
 def _outer(v):

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import linear
+from . import evaluate, linear
 from ._validate import choice, integer, threads
 from ._validate import progress as _progress
 from .data import ImageSet
@@ -128,12 +128,15 @@ def splits(
     *,
     pixels: np.ndarray | None = None,
     seed: int = 0,
+    compress: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The rows an attacker is scored on for the pair (a, b), as the keywords of
     :func:`immulib.evaluate.score`: ``XP``, ``yP``, ``XH``, ``yH`` the balanced training images of
     a and b that :func:`pair_indices` draws for ``seed`` (the rows the defender used), and
     ``XP_test`` … ``yH_test`` **all** test images of a and b; targets +1 on a, −1 on b (the a-vs-b
-    head's), features :func:`digit_features` on ``pixels``.
+    head's), features :func:`digit_features` on ``pixels``. ``compress=True`` returns each
+    task's rows as :func:`immulib.evaluate.compress`'s D + 1 rows: the same probe, scored in a
+    time that does not grow with the thousands of images.
 
     Chapter: {ref}`ch-mnist-pairs`.
     """
@@ -141,6 +144,8 @@ def splits(
         if not isinstance(d, ImageSet):
             raise TypeError(f"{name} must be an ImageSet, got {type(d).__name__}")
     ((a, b),) = _check_pairs([(a, b)])
+    if not isinstance(compress, bool):
+        raise TypeError(f"compress must be True or False, got {compress!r}")
     out = {}
     ia, ib = pair_indices(train, a, b, seed=seed)
     ta, tb = (np.flatnonzero(test.labels == d) for d in (a, b))
@@ -150,8 +155,10 @@ def splits(
     ):
         for task, rows, sign in (("P", rows_a, 1.0), ("H", rows_b, -1.0)):
             X = digit_features(images[rows], pixels)
-            out[f"X{task}{suffix}"] = X
-            out[f"y{task}{suffix}"] = torch.full((len(X),), sign, dtype=torch.float64)
+            y = torch.full((len(X),), sign, dtype=torch.float64)
+            if compress:
+                X, y = evaluate.compress(X, y)
+            out[f"X{task}{suffix}"], out[f"y{task}{suffix}"] = X, y
     return out
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "run_seeds",
     "search",
     "select",
+    "stopped",
     "tune",
     "widen",
 ]
@@ -152,6 +153,24 @@ def search(
         if nxt is None or any(r["knobs"] == nxt for r in rows) or not add(nxt, True):
             return kept, rows
     raise AssertionError("unreachable")
+
+
+def stopped(rows: list[dict], knobs: dict) -> str:
+    """Why :func:`search` kept ``knobs`` where it did, from its ``rows`` (each with ``knobs``,
+    ``diverged`` and ``widened``): ``"inside the values tried"`` (no knob at an end of the
+    settings that ran), ``"next setting diverged"`` (at an end of those, but a setting further
+    out diverged) or ``"widened N times, still at an end"`` (the widening budget ran out, N the
+    widened settings: a wider grid might do better).
+
+    Chapter: {ref}`ch-mnist-pairs`.
+    """
+    stable = [r["knobs"] for r in rows if not r["diverged"]]
+    if not at_end(stable, knobs):
+        return "inside the values tried"
+    if not at_end([r["knobs"] for r in rows], knobs):
+        return "next setting diverged"
+    n = sum(bool(r["widened"]) for r in rows)
+    return f"widened {n} time{'' if n == 1 else 's'}, still at an end"
 
 
 def criterion(i: float, ii: float, *, tol: float = 1e-6) -> tuple[int, float]:

@@ -143,6 +143,59 @@ def test_an_unchanged_page_is_executed_once_and_a_changed_one_again(tmp_path):
     assert log.read_text() == "run\nrerun\n"
 
 
+_HEADER = """---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3 (ipykernel)
+  language: python
+  name: python3
+---
+
+"""
+
+
+def test_pre_execute_caches_what_ran_and_leaves_a_failure_to_the_build(
+    tmp_path, monkeypatch
+):
+    """The chapters the cache lacks run in worker processes, in the chapter's folder; the
+    successful ones are stored under the key the build looks up, a failing one is not."""
+    from jupyter_cache import get_cache
+
+    import tools.chapters
+
+    pages = tmp_path / "book"
+    pages.mkdir()
+    cells = {
+        "a.md": "open('ran_a', 'w').write('a')",
+        "b.md": "x = 40 + 2\nprint(x)",
+        "c.md": "raise RuntimeError('boom')",
+    }
+    chapters = []
+    for name, code in cells.items():
+        path = pages / name
+        path.write_text(
+            _HEADER + f"# {name}\n\n```{{code-cell}} ipython3\n{code}\n```\n"
+        )
+        chapters.append(path)
+    monkeypatch.setattr(tools.chapters, "toc_chapters", lambda: chapters)
+    assert (
+        book.pre_execute(tmp_path, workers=1) == []
+    )  # one worker: the build runs them
+    assert sorted(book.pre_execute(tmp_path, workers=2)) == ["a.md", "b.md"]
+    assert (pages / "ran_a").read_text() == "a"  # executed in the chapter's folder
+    cache = get_cache(str(book.cache_dir(tmp_path)))
+    for path in chapters[:2]:  # found under the key the build computes from the page
+        cache.match_cache_notebook(book._read_notebook(path))
+    with pytest.raises(KeyError):
+        cache.match_cache_notebook(book._read_notebook(chapters[2]))
+    (pages / "ran_a").unlink()
+    assert book.pre_execute(tmp_path, workers=2) == []  # only the failing one is left
+    assert not (pages / "ran_a").exists()
+
+
 def test_the_cache_is_emptied_when_the_library_changes(tmp_path, monkeypatch):
     root, out = tmp_path / "repo", tmp_path / "out"
     (root / "immulib").mkdir(parents=True)

@@ -348,3 +348,40 @@ def test_identity_targets_are_what_the_identity_reaches_in_n_steps_on_the_scored
         evaluate.identity_targets(XP, yP, XH, yH, steps=0)
     with pytest.raises(ValueError, match="all four"):
         evaluate.identity_targets(XP, yP, XH, yH, XP_test=XP)
+
+
+def test_compressed_rows_pose_the_same_probe_and_score_the_same():
+    rng = np.random.default_rng(12)
+    for case in range(6):
+        n, D = 200 + 37 * case, 5 + case
+        XP, XH = _data(rng, n, D, 1.0)[0], _data(rng, n + 11, D, 2.5)[0]
+        yP = XP @ rng.standard_normal(D) + 0.3 * rng.standard_normal(n)
+        yH = np.sign(rng.standard_normal(n + 11))
+        tP, tH = evaluate.compress(XP, yP), evaluate.compress(XH, yH)
+        assert tP[0].shape == (D + 1, D) and tH[1].shape == (D + 1,)
+        X, y = torch.from_numpy(XP), torch.from_numpy(yP)
+        torch.testing.assert_close(tP[0].T @ tP[0], X.T @ X, rtol=1e-10, atol=1e-9)
+        torch.testing.assert_close(tP[0].T @ tP[1], X.T @ y, rtol=1e-10, atol=1e-9)
+        assert float(tP[1] @ tP[1]) == pytest.approx(float(y @ y), rel=1e-12)
+        # a square θ and a thin one (D × (D − 2), rank-deficient features)
+        for theta in (rng.standard_normal((D, D)), rng.standard_normal((D, D - 2))):
+            full = dict(XP=XP, yP=yP, XH=XH, yH=yH)
+            small = dict(XP=tP[0], yP=tP[1], XH=tH[0], yH=tH[1])
+            goal = evaluate.identity_targets(**full, steps=5)
+            assert evaluate.identity_targets(**small, steps=5) == pytest.approx(goal)
+            a = evaluate.score(
+                theta, **full, **goal, theta_ref=np.eye(D)[:, : theta.shape[1]]
+            )
+            b = evaluate.score(
+                theta, **small, **goal, theta_ref=np.eye(D)[:, : theta.shape[1]]
+            )
+            assert a.keys() == b.keys()
+            for k, v in a.items():
+                assert b[k] == pytest.approx(v, rel=1e-8, nan_ok=True), k
+    few = rng.standard_normal((4, 6))
+    X, y = evaluate.compress(few, np.ones(4))  # n ≤ D: nothing to compress
+    assert X.shape == (4, 6) and torch.equal(X, torch.from_numpy(few))
+    with pytest.raises(ValueError, match="y must have 4"):
+        evaluate.compress(few, np.ones(5))
+    with pytest.raises(TypeError, match="X must be"):
+        evaluate.compress("rows", np.ones(4))

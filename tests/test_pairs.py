@@ -72,6 +72,18 @@ def test_splits_are_the_pair_rows_and_score_reads_them(digits):
         assert len(sp[f"y{task}_test"]) == (test.labels == digit).sum()
     row = evaluate.score(torch.eye(36), **sp, max_steps=50)
     assert row["i"] == pytest.approx(1) and row["steps_H_test_exact"] >= 1
+    small = mp.splits(digits, test, 4, 7, pixels=grams.pixels, seed=2, compress=True)
+    assert small.keys() == sp.keys() and small["XP"].shape == (37, 36)
+    theta = torch.from_numpy(np.random.default_rng(3).standard_normal((36, 36)))
+    goal = dict(target=0.05, target_P=0.05, max_steps=400)
+    full, short = (
+        evaluate.score(theta, **sp, **goal),
+        evaluate.score(theta, **small, **goal),
+    )
+    for k, v in full.items():
+        assert short[k] == pytest.approx(v, rel=1e-8), k
+    with pytest.raises(TypeError, match="compress must be True or False"):
+        mp.splits(digits, test, 4, 7, compress="yes")
     with pytest.raises(TypeError, match="test must be an ImageSet"):
         mp.splits(digits, test.images, 4, 7)
     with pytest.raises(ValueError, match="pairs"):

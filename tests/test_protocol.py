@@ -94,6 +94,7 @@ def test_search_widens_while_the_kept_setting_is_at_an_end_and_stops_on_divergen
     knobs, rows = protocol.search(grid, rising, widen_times=2)
     assert calls == [0.01, 0.1, 1.0, 10.0, 100.0] and knobs == dict(eta=100.0)
     assert [r["widened"] for r in rows] == [False] * 3 + [True] * 2
+    assert protocol.stopped(rows, knobs) == "widened 2 times, still at an end"
     calls.clear()
     assert protocol.search(grid, rising, widen_times=0)[0] == dict(eta=1.0)
     assert calls == [0.01, 0.1, 1.0]
@@ -103,6 +104,7 @@ def test_search_widens_while_the_kept_setting_is_at_an_end_and_stops_on_divergen
 
     knobs, rows = protocol.search(grid, peaked)
     assert knobs == dict(eta=0.1) and len(rows) == 3
+    assert protocol.stopped(rows, knobs) == "inside the values tried"
 
     def blows_up(knobs):  # the widened setting diverges: the previous end stays kept
         if knobs["eta"] > 1:
@@ -111,6 +113,33 @@ def test_search_widens_while_the_kept_setting_is_at_an_end_and_stops_on_divergen
 
     knobs, rows = protocol.search(grid, blows_up)
     assert knobs == dict(eta=1.0) and rows[-1]["diverged"] and rows[-1]["widened"]
+    assert protocol.stopped(rows, knobs) == "next setting diverged"
+    # a grid setting beyond the kept one diverged: search adds nothing, for the same reason
+    knobs, rows = protocol.search(grid + [dict(eta=3.0)], blows_up)
+    assert (
+        knobs == dict(eta=1.0)
+        and len(rows) == 4
+        and not any(r["widened"] for r in rows)
+    )
+    assert protocol.stopped(rows, knobs) == "next setting diverged"
+    # two knobs: one at an end of the stable settings, beyond it only a diverged one
+    two = [
+        dict(eta=e, mu=m, diverged=False, widened=False) for e in (1, 2) for m in (1, 2)
+    ]
+    rows = [
+        dict(
+            knobs=dict(eta=r["eta"], mu=r["mu"]),
+            **{k: r[k] for k in ("diverged", "widened")},
+        )
+        for r in two
+    ]
+    rows.append(
+        dict(knobs=dict(eta=4, mu=4), diverged=True, widened=True)
+    )  # widen((2, 2))
+    assert protocol.stopped(rows, dict(eta=2, mu=2)) == "next setting diverged"
+    assert (
+        protocol.stopped(rows, dict(eta=1, mu=1)) == "widened 1 time, still at an end"
+    )
     with pytest.raises(FloatingPointError, match="every setting"):
         protocol.search(grid, lambda k: blows_up(dict(eta=10.0)))
     with pytest.raises(ValueError, match="widen_times"):

@@ -1,6 +1,6 @@
 """Regenerate immulib/tables/mnist_tuned.csv: the fair protocol on MNIST digit pairs.
 
-    IMMULIB_DATA=/path/to/data python -m tools.mnist_tune --workers 2   # ~15 min on 2 cores
+    IMMULIB_DATA=/path/to/data python -m tools.mnist_tune --workers 2   # ~11 min on 2 cores
 
 For every method entry of :data:`immulib.protocol.GRIDS`, in the well-posed setup, with the same
 budget of ``--steps`` full-batch steps:
@@ -19,7 +19,8 @@ budget of ``--steps`` full-batch steps:
    it); the ten pairs of the subset repeat their grid rows there.
 
 Every θ is then scored from the attacker's side by :func:`immulib.evaluate.score` on the pair's
-training images and on **all MNIST test images** of its two digits (:func:`immulib.pairs.splits`):
+training images and on **all MNIST test images** of its two digits (:func:`immulib.pairs.splits`,
+compressed to D + 1 rows per task by :func:`immulib.evaluate.compress`, the same probe):
 the ``steps_*`` columns (exact line search and the tuned fixed step, D_H and D_P), ``*_id`` the
 identity's counts on the same rows, ``def31``, ``slower_than_identity`` and ``loss_P_kept``. The
 targets follow chapter 05's rule (a target the identity cannot reach makes a column say
@@ -70,8 +71,9 @@ def _attacker(ab, seed, theta) -> dict:
     opt, cache, grams = _STATE["options"], _STATE["cache"], _STATE["grams"]
     if (ab, seed) not in cache:
         rows = pairs.splits(
-            _STATE["train"], _STATE["test"], *ab, pixels=grams.pixels, seed=seed
-        )
+            _STATE["train"], _STATE["test"], *ab, pixels=grams.pixels, seed=seed,
+            compress=True,
+        )  # fmt: skip
         goal = evaluate.identity_targets(**rows, steps=opt["ref_steps"])
         ident = evaluate.score(
             torch.eye(len(grams.pixels), dtype=torch.float64), **rows, **goal,
