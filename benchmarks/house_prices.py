@@ -5,7 +5,9 @@ decompositions for every term, bound and recorded κ (θ_0's also for the weight
 step 0; of K_P and of the last recorded iterate only the eigenvalues are computed). A step of
 Ours costs the two decompositions (from D = ``linear.PARTIAL_MIN_D`` on, the partial solver's:
 every eigenvalue and the two eigenvectors the step reads), five D × D products (θᵀKθ twice,
-θ times one combination of the two Hessians) and a rank-3 update. This benchmark measures, in
+θ times one combination of the two Hessians) and a rank-3 update; its per-problem step sizes
+are computed on the host (numpy), so at D ≤ 100, where torch's per-call cost is what remains,
+a step makes about 65 torch calls (231 before). This benchmark measures, in
 one process, the time per step of a run of each full-batch method (``immulib.linear.run``,
 record_every = the whole run, its once-per-run set-up included) and of one ``eigh`` at the same
 D just before and after it, three times each, on random problems of sizes D = 64, 256 (and 1024

@@ -40,6 +40,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -307,9 +308,12 @@ class _Full:
         """v₁ (B, D)."""
         return self.V[..., -1]
 
-    def vec_at(self, k):
-        """v_k (B, D), the eigenvector of σ_k."""
-        return _column(self.V, self.lam.shape[-1] - k)
+    def vec_at(self, k, index=None):
+        """v_k (B, D), the eigenvector of σ_k (``index``: the gather index of column D − k,
+        (B, D, 1), when the caller keeps one)."""
+        if index is None:
+            return _column(self.V, self.lam.shape[-1] - k)
+        return torch.gather(self.V, -1, index)[..., 0]
 
     def rebuilt(self):
         """H itself when the caller has it (saves a D³ product), else V diag(λ) Vᵀ."""
@@ -326,13 +330,6 @@ class _Full:
     def kappa(self, k, convention):
         return _kappa(self.lam, k, convention)
 
-    def dev_max(self, k, sk):
-        """max_i |σ_i/k − [i = k]σ_k| (the numerator of ‖∇R_ill‖₂)."""
-        D = self.lam.shape[-1]
-        d = -self.lam / k[:, None]
-        d = d.scatter_add(-1, (D - k)[:, None], sk[:, None])
-        return d.abs().amax(-1)
-
 
 class _Partial(_Full):
     """Every eigenvalue and the eigenvectors of σ₁ (``"top"``) and/or σ_k (``"at"``), from
@@ -347,7 +344,7 @@ class _Partial(_Full):
     def vec_top(self):
         return self.vecs["top"]
 
-    def vec_at(self, k):
+    def vec_at(self, k, index=None):
         return self.vecs["at"]
 
     def outer_top(self):
@@ -381,7 +378,7 @@ class _Extreme:
     def vec_top(self):
         return self.v_top[..., 0]
 
-    def vec_at(self, k):
+    def vec_at(self, k, index=None):
         return self.v_low[..., 0]
 
     def rebuilt(self):
@@ -400,8 +397,39 @@ class _Extreme:
         inf = torch.full_like(self.low, math.inf)
         return (self.top + SHIFT) / torch.where(self.low > 0, self.low + SHIFT, inf)
 
-    def dev_max(self, k, sk):
-        return torch.maximum(self.top / k, (sk - sk / k).abs())
+
+def _host(x):
+    """A float64 tensor's values as a numpy array on the host (no copy on the CPU)."""
+    return x.numpy() if x.device.type == "cpu" else x.cpu().numpy()
+
+
+def _to(a, like):
+    """A numpy array as a tensor on ``like``'s device (no copy on the CPU)."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return t if like.device.type == "cpu" else t.to(like.device)
+
+
+def _ends(s, k):
+    """What the step sizes read of a spectrum, on the host (numpy, float64): (every eigenvalue
+    ascending (B, D), or None from the extreme solver; σ₁; σ₂ or None; σ_k), k the ranks
+    (numpy). The step sizes are per-problem scalars: computing them on the host costs ~1 µs an
+    operation where a torch call on a (B,) tensor costs several, and at D ≤ 100 those calls,
+    not the arithmetic, were what a step cost."""
+    if isinstance(s, _Extreme):
+        second = None if s.second is None else _host(s.second)
+        return None, _host(s.top), second, _host(s.low)
+    lam = _host(s.lam)
+    return lam, lam[:, -1], lam[:, -2], lam[np.arange(len(lam)), lam.shape[-1] - k]
+
+
+def _dev_max(lam, top, k, sk):
+    """max_i |σ_i/k − [i = k]σ_k| (the numerator of ‖∇R_ill‖₂), on the host; from the extreme
+    solver (no interior eigenvalues, k = D) max(σ₁/k, |σ_k − σ_k/k|)."""
+    if lam is None:
+        return np.maximum(top / k, np.abs(sk - sk / k))
+    d = -lam / k[:, None]
+    d[np.arange(len(d)), lam.shape[-1] - k] += sk
+    return np.abs(d).max(-1)
 
 
 def _g_well(s, H=None):
@@ -424,23 +452,17 @@ def _g_ill(s, k, H=None):
     return (_sym(G) if rebuilt else G), g, sk
 
 
-def _norm_g_ill(s, k, g, sk):
-    """‖∇R_ill(H)‖₂ from the eigenvalues: max_i |σ_i/k − [i = k]σ_k| / g²."""
-    return s.dev_max(k, sk) / g**2
-
-
-def _bound_well(s, k, p):
-    """The Theorem 4.3 (1) step bound (immulib.regularizers.safe_step_r_well), batched."""
-    s1, s2 = s.top, s.second.clamp_min(0)
-    smin = s.at(k).clamp_min(0)
-    first = (1 - torch.sqrt(smin / s1)) / (2 * s1 * (1 - 1 / p))
-    second = torch.where(
-        s2 > 0,
-        p * (torch.sqrt(s1 / s2.clamp_min(1e-300)) - 1) / (2 * s2.clamp_min(1e-300)),
-        torch.full_like(s1, math.inf),
-    )
-    out = torch.minimum(first, second)
-    return torch.where(s1 - smin <= reg.UNIQUE_RTOL * s1, torch.zeros_like(out), out)
+def _bound_well(s1, s2, smin, p):
+    """The Theorem 4.3 (1) step bound (immulib.regularizers.safe_step_r_well) from σ₁, σ₂ and
+    σ_k of each problem, on the host (numpy arrays)."""
+    s2, smin = np.maximum(s2, 0.0), np.maximum(smin, 0.0)
+    first = (1 - np.sqrt(smin / s1)) / (2 * s1 * (1 - 1 / p))
+    s2c = np.maximum(s2, 1e-300)
+    second = p * (np.sqrt(s1 / s2c) - 1) / (2 * s2c)
+    np.putmask(second, ~(s2 > 0), math.inf)  # no second eigenvalue: no second bound
+    out = np.minimum(first, second)
+    np.putmask(out, s1 - smin <= reg.UNIQUE_RTOL * s1, 0.0)  # a flat spectrum: no step
+    return out
 
 
 def _grad_log_kappa(theta, K, s, k):
@@ -450,13 +472,19 @@ def _grad_log_kappa(theta, K, s, k):
 
 
 def _sup(prob: Problem, theta, omega):
-    """(g_u, ∇_ωL, L) of the supervised loss, batched: ∇_θL = g_u ωᵀ (rank one, formed only by
-    the methods that need it as a matrix)."""
-    u = (theta @ omega[..., None])[..., 0]
-    Ku = (prob.Ks @ u[..., None])[..., 0]
+    """(g_u, ∇_ωL, u = θω, K_s u) of the supervised loss, batched: ∇_θL = g_u ωᵀ (rank one,
+    formed only by the methods that need it as a matrix); L itself is :func:`_loss` of the last
+    two, computed only where it is recorded."""
+    u = torch.bmm(theta, omega[..., None])
+    Ku = torch.bmm(prob.Ks, u)[..., 0]
+    u = u[..., 0]
     gu = 2 * (Ku - prob.bs) / prob.Ns[:, None]
-    loss = ((u * Ku).sum(-1) - 2 * (prob.bs * u).sum(-1) + prob.cs) / prob.Ns
-    return gu, (theta.mT @ gu[..., None])[..., 0], loss
+    return gu, torch.bmm(theta.mT, gu[..., None])[..., 0], u, Ku
+
+
+def _loss(prob: Problem, u, Ku):
+    """The supervised loss L = (uᵀK_su − 2b_sᵀu + c_s)/N_s from u = θω and K_s u."""
+    return ((u * Ku).sum(-1) - 2 * (prob.bs * u).sum(-1) + prob.cs) / prob.Ns
 
 
 # ---------------------------------------------------------------------------------------------
@@ -704,8 +732,13 @@ def run(
             rows.append(dict(problem=b, step=t, **{k: v[b] for k, v in cols.items()}))
 
     knobs = dict(
-        eta=eta, rho=rho, delta=delta, LK=LK,
+        eta=eta, rho=rho, delta=delta,
         use_P=bool((lP > 0).any()), use_H=bool((lH > 0).any()),
+    )  # fmt: skip
+    # the per-problem constants the step sizes read, on the host (see _ends)
+    consts = dict(
+        lP=_host(lP), lH=_host(lH), kP=_host(kP), kH=_host(kH), Ns=_host(prob.Ns),
+        LK=_host(LK), kH_t=kH, index_H=(D - kH)[:, None, None].expand(B, D, 1),
     )  # fmt: skip
     bar = tqdm(
         total=steps, disable=not _progress(progress), desc=desc or method, leave=False
@@ -715,20 +748,19 @@ def run(
         if t == 0:
             rawP, rawH = rawP0, rawH0
         else:
-            rawP, rawH = theta.mT @ prob.KP @ theta, theta.mT @ prob.KH @ theta
-        gu, g_omega, loss = _sup(prob, theta, omega)
+            thT = theta.mT
+            rawP = torch.bmm(torch.bmm(thT, prob.KP), theta)
+            rawH = torch.bmm(torch.bmm(thT, prob.KH), theta)
+        gu, g_omega, u, Ku = _sup(prob, theta, omega)
         # the largest |entry| of each Hessian: the scale of its decomposition, and (the max
-        # propagates NaN, |±inf| = inf) the finiteness check, in one pass over each
-        absP = torch.linalg.vector_norm(rawP, math.inf, dim=(-2, -1), keepdim=True)
-        absH = torch.linalg.vector_norm(rawH, math.inf, dim=(-2, -1), keepdim=True)
-        finite = (
-            torch.isfinite(absP).all()
-            & torch.isfinite(absH).all()
-            & torch.isfinite(loss).all()
-        )
-        if not bool(finite):
+        # propagates NaN, |±inf| = inf) with the loss's gradient the finiteness check
+        absP = rawP.abs().amax(dim=(-2, -1), keepdim=True)
+        absH = rawH.abs().amax(dim=(-2, -1), keepdim=True)
+        if not np.isfinite(
+            _host(torch.cat([absP.flatten(), absH.flatten(), gu.flatten()]))
+        ).all():
             raise FloatingPointError(
-                f"{method} diverged at step {t} (non-finite spectrum or loss): lower eta={eta:g}"
+                f"{method} diverged at step {t} (non-finite spectrum or gradient): lower eta={eta:g}"
                 + (
                     f" or the weights lam_P/lam_H={lam_P}/{lam_H}"
                     if method in POLICY_METHODS
@@ -763,38 +795,20 @@ def run(
             best_theta = torch.where(better[:, None, None], theta, best_theta)
             best_omega = torch.where(better[:, None], omega, best_omega)
         if t % record_every == 0 or t == steps:
-            record(t, sP, sH, loss)
+            record(t, sP, sH, _loss(prob, u, Ku))
         if t == steps:
             break
         # the head: a gradient step on L, capped by the inverse Lipschitz constant Ns/(2σ_max(θᵀKsθ))
-        if prob.Ks is prob.KP:
-            cap = prob.Ns / (2 * sP.top)
-        elif (
-            method in POLICY_METHODS
-            and ks_is_sum
-            and bool((prob.Ns / (2 * (sP.top + sH.top) * (1 + 1e-6)) > eta).all())
-        ):
-            cap = None  # above η: min(η, cap) = η
-        else:
-            HS = _sym(theta.mT @ prob.Ks @ theta)
-            top = (
-                torch.linalg.eigvalsh(HS)[:, -1]
-                if extreme is None
-                else extreme(HS, "S", top=1, top_vectors=0, bottom=False)["top"][:, -1]
-            )
-            cap = prob.Ns / (2 * top)
-        if cap is None:
-            eta_w = torch.full_like(prob.Ns, eta)
-        elif method in POLICY_METHODS:
-            eta_w = torch.minimum(torch.full_like(cap, eta), cap)
-        else:
-            eta_w = cap
-        omega_t = omega - eta_w[:, None] * g_omega
+        endsP, endsH = _ends(sP, consts["kP"]), _ends(sH, consts["kH"])
+        eta_w = _head_rate(
+            prob, theta, endsP[1], endsH[1], eta, consts["Ns"],
+            capped=method in POLICY_METHODS, ks_is_sum=ks_is_sum, extreme=extreme,
+        )  # fmt: skip
+        omega_t = omega - _to(eta_w[:, None], omega) * g_omega
         if method in POLICY_METHODS:
             theta = _policy_step(
-                pol, theta, omega, gu, (sP, kP), (sH, kH), (lP, lH),
-                knobs, prob,
-            )  # fmt: skip
+                pol, theta, omega, gu, (sP, endsP), (sH, endsH), consts, knobs
+            )
         elif method == "imma":
             theta = adam.step(
                 theta, _imma_grad(prob, theta, omega, mu, inner_steps, kH)
@@ -835,7 +849,12 @@ def run(
             eig(theta.mT @ prob.KH @ theta)[0],
         )
         rows = [r for r in rows if r["step"] != steps]
-        record(steps, _Full(lamP, None), _Full(lamH, None), _sup(prob, theta, omega)[2])
+        record(
+            steps,
+            _Full(lamP, None),
+            _Full(lamH, None),
+            _loss(prob, *_sup(prob, theta, omega)[2:]),
+        )
     used = extreme if extreme is not None else partial
     if used is not None:
         info["solver"] = dict(used.stats)
@@ -870,45 +889,78 @@ def _solvers(solver):
     )
 
 
-def _policy_step(pol, theta, omega, gu, spec_P, spec_H, weights, knobs, prob):
+def _head_rate(prob, theta, top_P, top_H, eta, Ns, *, capped, ks_is_sum, extreme):
+    """The head's step size per problem (host): its cap N_s/(2σ_max(θᵀK_sθ)), the inverse
+    Lipschitz constant of ∇_ωL, and for the policy methods (``capped``) min(η, cap).
+    σ_max(θᵀK_sθ) is σ₁(H_P) when K_s = K_P; when the supervised rows are D_P ∪ D_H (the sweep's
+    a-vs-b head) it is at most σ₁(H_P) + σ₁(H_H), and no decomposition is needed while that
+    bound keeps the cap above η; else it is computed."""
+    if prob.Ks is prob.KP:
+        cap = Ns / (2 * top_P)
+    elif capped and ks_is_sum and (Ns / (2 * (top_P + top_H) * (1 + 1e-6)) > eta).all():
+        return np.full_like(Ns, eta)
+    else:
+        HS = _sym(theta.mT @ prob.Ks @ theta)
+        top = (
+            torch.linalg.eigvalsh(HS)[:, -1]
+            if extreme is None
+            else extreme(HS, "S", top=1, top_vectors=0, bottom=False)["top"][:, -1]
+        )
+        cap = Ns / (2 * _host(top))
+    return np.minimum(eta, cap) if capped else cap
+
+
+def _policy_step(pol, theta, omega, gu, spec_P, spec_H, consts, knobs):
     """One full-batch step of ``"ours"``/``"r_well_only"``/``"r_ill_only"`` under ``pol``.
 
     θ ← θ − η_t g_u ωᵀ − θM with M = 2η_P G_well + 2η_H G_ill, never formed: with
     G_well = σ₁v₁v₁ᵀ − H_P/p and G_ill = (σ_k v_kv_kᵀ − H_H/k)/g²,
     θM = θ(a_P H_P + a_H H_H) + c_P (θv₁)v₁ᵀ + c_H (θv_k)v_kᵀ, so a step is one D × D product
-    and one rank-3 update (a_P = −2η_P/p, c_P = 2η_Pσ₁, a_H = −2η_H/(k g²), c_H = 2η_Hσ_k/g²)."""
-    (sP, kP), (sH, kH), (lP, lH) = spec_P, spec_H, weights
-    eta, rho, delta, LK = knobs["eta"], knobs["rho"], knobs["delta"], knobs["LK"]
-    D = theta.shape[-1]
-    C, U, W = None, [], []  # θM = θC + U Wᵀ
+    and one rank-3 update (a_P = −2η_P/p, c_P = 2η_Pσ₁, a_H = −2η_H/(k g²), c_H = 2η_Hσ_k/g²).
+    The step sizes and these coefficients are per-problem scalars, computed on the host from
+    the spectra's ends (:func:`_ends`); the matrices stay on θ's device."""
+    (sP, (_, p1, p2, pk)), (sH, (lamH, h1, _, hk)) = spec_P, spec_H
+    c, eta, rho, delta = consts, knobs["eta"], knobs["rho"], knobs["delta"]
+    lP, lH, kH = c["lP"], c["lH"], c["kH"]
+    B, D = theta.shape[0], theta.shape[-1]
+    H_weights, H_list, vecs, vec_weights = [], [], [], []  # θM = θΣ a H + Σ (θv) (c v)ᵀ
     if knobs["use_P"]:
-        etaP = eta * lP if pol.name == "paper" else lP * rho * _bound_well(sP, kP, D)
-        C = sP.H * (-2 * etaP / D)[:, None, None]
-        v1 = sP.vec_top()
-        U.append((theta @ v1[..., None])[..., 0])
-        W.append((2 * etaP * sP.top)[:, None] * v1)
+        etaP = (
+            eta * lP if pol.name == "paper" else lP * rho * _bound_well(p1, p2, pk, D)
+        )
+        H_weights.append(-2 * etaP / D)
+        H_list.append(sP.H)
+        vecs.append(sP.vec_top())
+        vec_weights.append(2 * etaP * p1)
     if knobs["use_H"]:
-        sk = sH.at(kH)
-        g = sH.fro2() / (2 * kH) - sk**2 / 2
+        g = _host(sH.fro2()) / (2 * kH) - hk**2 / 2
         if pol.name == "paper":
             etaH = eta * lH
         else:  # its own bound (Theorem 4.3 (2)) and a trust region ‖2η_H G_ill‖₂ ≤ δ
-            bound = g**2 / (2 * sk * (1 - 1 / kH))
-            gnorm = _norm_g_ill(sH, kH, g, sk)
-            etaH = lH * torch.minimum(rho * bound, delta / (2 * gnorm))
-        etaH = torch.where(lH > 0, etaH, torch.zeros_like(etaH)) / g**2
-        aH = (-2 * etaH / kH)[:, None, None]
-        C = sH.H * aH if C is None else C.addcmul_(sH.H, aH)
-        vk = sH.vec_at(kH)
-        U.append((theta @ vk[..., None])[..., 0])
-        W.append((2 * etaH * sk)[:, None] * vk)
+            bound = g**2 / (2 * hk * (1 - 1 / kH))
+            gnorm = _dev_max(lamH, h1, kH, hk) / g**2
+            etaH = lH * np.minimum(rho * bound, delta / (2 * gnorm))
+        np.putmask(etaH, ~(lH > 0), 0.0)  # R_ill off for that problem
+        etaH = etaH / g**2
+        H_weights.append(-2 * etaH / kH)
+        H_list.append(sH.H)
+        vecs.append(sH.vec_at(c["kH_t"], c["index_H"]))
+        vec_weights.append(2 * etaH * hk)
     # the supervised θ-step, capped by the inverse Lipschitz constant 2‖ω‖²σ_max(K_s)/N of ∇_θL
-    w2 = (omega * omega).sum(-1)
-    eta_t = torch.minimum(torch.full_like(w2, eta), prob.Ns / (2 * LK * w2 + 1e-300))
-    U.append(gu)
-    W.append(eta_t[:, None] * omega)
-    step = theta if C is None else torch.baddbmm(theta, theta, C, alpha=-1)
-    return torch.baddbmm(step, torch.stack(U, -1), torch.stack(W, -1).mT, alpha=-1)
+    w2 = _host((omega * omega).sum(-1))
+    vec_weights.append(np.minimum(eta, c["Ns"] / (2 * c["LK"] * w2 + 1e-300)))
+    a = _to(np.array(H_weights).T.reshape(B, -1, 1, 1), theta) if H_weights else None
+    # (B, D, m + 1): the vectors of the low-rank update
+    V = torch.stack([*vecs, omega], -1)
+    W = V * _to(np.array(vec_weights).T[:, None, :], theta)
+    U = torch.cat([torch.bmm(theta, V[..., :-1]), gu[..., None]], -1)
+    step = theta
+    if a is not None:
+        C = H_list[0] * a[:, 0]
+        if len(H_list) > 1:
+            C.addcmul_(H_list[1], a[:, 1])
+        step = torch.baddbmm(theta, theta, C, alpha=-1)
+    return torch.baddbmm(step, U, W.mT, alpha=-1)
 
 
 def _imma_grad(prob, theta, omega, mu, inner_steps, kH):
@@ -940,9 +992,10 @@ def _restore(theta, prob, kP, budget, rho, eig, max_steps: int = 10_000):
         over = _kappa(lam, kP, "pinv") > budget * (1 + 1e-9)
         if not bool(over.any()):
             break
+        _, s1, s2, sk = _ends(_Full(lam, V), _host(kP))
         etaP = torch.where(
             over,
-            rho * _bound_well(_Full(lam, V), kP, lam.shape[-1]),
+            rho * _to(_bound_well(s1, s2, sk, lam.shape[-1]), lam),
             torch.zeros_like(lam[:, 0]),
         )
         theta = theta - 2 * theta @ (etaP[:, None, None] * _g_well(_Full(lam, V)))

@@ -64,6 +64,20 @@ LIMITS: dict[str, tuple[float, float]] = {"rho": (0.0, 1.0)}
 WIDEN = 2
 
 
+def _rows(rows, keys: tuple[str, ...], name: str = "rows") -> list[dict]:
+    """``rows`` checked: a non-empty list of dicts that each carry ``keys``."""
+    if not isinstance(rows, (list, tuple)) or not rows:
+        raise ValueError(f"{name} must be a non-empty list of dicts, got {rows!r:.80}")
+    for n, r in enumerate(rows):
+        missing = [k for k in keys if not isinstance(r, dict) or k not in r]
+        if missing:
+            raise ValueError(
+                f"{name}[{n}] must be a dict with the keys {', '.join(keys)} "
+                f"(missing {', '.join(missing)}), got {r!r:.80}"
+            )
+    return list(rows)
+
+
 def _numeric_values(tried: list[dict]) -> dict[str, list[float]]:
     """The distinct values, ascending, of each numeric knob that varies over ``tried``."""
     keys = {k for s in tried for k, v in s.items() if isinstance(v, (int, float))}
@@ -164,6 +178,9 @@ def stopped(rows: list[dict], knobs: dict) -> str:
 
     Chapter: {ref}`ch-mnist-pairs`.
     """
+    rows = _rows(rows, ("knobs", "diverged", "widened"))
+    if not isinstance(knobs, dict):
+        raise TypeError(f"knobs must be a dict of knob values, got {knobs!r:.80}")
     stable = [r["knobs"] for r in rows if not r["diverged"]]
     if not at_end(stable, knobs):
         return "inside the values tried"
@@ -192,8 +209,7 @@ def select(rows: list[dict], *, tol: float = 1e-6) -> dict:
 
     Chapter: {ref}`ch-house-prices`.
     """
-    if not rows:
-        raise ValueError("rows must not be empty")
+    rows = _rows(rows, ("i", "ii"))
     return max(rows, key=lambda r: criterion(float(r["i"]), float(r["ii"]), tol=tol))
 
 

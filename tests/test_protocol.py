@@ -27,7 +27,7 @@ def test_criterion_prefers_feasible_settings_then_larger_i():
     )  # feasible with the largest (i), not the largest RIR
     # no feasible setting: the largest RIR (25 against 20), not the largest (i)
     assert protocol.select([dict(i=50.0, ii=2.0), dict(i=60.0, ii=3.0)])["i"] == 50.0
-    with pytest.raises(ValueError, match="rows"):
+    with pytest.raises(ValueError, match="rows must be a non-empty list"):
         protocol.select([])
 
 
@@ -144,3 +144,14 @@ def test_search_widens_while_the_kept_setting_is_at_an_end_and_stops_on_divergen
         protocol.search(grid, lambda k: blows_up(dict(eta=10.0)))
     with pytest.raises(ValueError, match="widen_times"):
         protocol.search(grid, rising, widen_times=-1)
+
+
+def test_select_and_stopped_name_a_row_without_their_keys():
+    with pytest.raises(ValueError, match=r"rows\[1\].*missing ii"):
+        protocol.select([dict(i=2.0, ii=0.5), dict(i=3.0)])
+    with pytest.raises(ValueError, match=r"rows\[0\].*missing diverged, widened"):
+        protocol.stopped([dict(knobs=dict(eta=1.0))], dict(eta=1.0))
+    with pytest.raises(TypeError, match="knobs must be a dict"):
+        protocol.stopped(
+            [dict(knobs=dict(eta=1.0), diverged=False, widened=False)], 1.0
+        )
