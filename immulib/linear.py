@@ -455,14 +455,17 @@ def _g_ill(s, k, H=None):
 def _bound_well(s1, s2, smin, p):
     """The Theorem 4.3 (1) step bound (immulib.regularizers.safe_step_r_well) from σ₁, σ₂ and
     σ_k of each problem, on the host (numpy arrays)."""
-    s2, smin = np.maximum(s2, 0.0), np.maximum(smin, 0.0)
-    first = (1 - np.sqrt(smin / s1)) / (2 * s1 * (1 - 1 / p))
-    s2c = np.maximum(s2, 1e-300)
-    second = p * (np.sqrt(s1 / s2c) - 1) / (2 * s2c)
-    np.putmask(second, ~(s2 > 0), math.inf)  # no second eigenvalue: no second bound
-    out = np.minimum(first, second)
-    np.putmask(out, s1 - smin <= reg.UNIQUE_RTOL * s1, 0.0)  # a flat spectrum: no step
-    return out
+    with np.errstate(all="ignore"):  # as torch: inf/NaN flow on to the divergence check
+        s2, smin = np.maximum(s2, 0.0), np.maximum(smin, 0.0)
+        first = (1 - np.sqrt(smin / s1)) / (2 * s1 * (1 - 1 / p))
+        s2c = np.maximum(s2, 1e-300)
+        second = p * (np.sqrt(s1 / s2c) - 1) / (2 * s2c)
+        np.putmask(second, ~(s2 > 0), math.inf)  # no second eigenvalue: no second bound
+        out = np.minimum(first, second)
+        np.putmask(
+            out, s1 - smin <= reg.UNIQUE_RTOL * s1, 0.0
+        )  # a flat spectrum: no step
+        return out
 
 
 def _grad_log_kappa(theta, K, s, k):
@@ -806,9 +809,12 @@ def run(
         )  # fmt: skip
         omega_t = omega - _to(eta_w[:, None], omega) * g_omega
         if method in POLICY_METHODS:
-            theta = _policy_step(
-                pol, theta, omega, gu, (sP, endsP), (sH, endsH), consts, knobs
-            )
+            with np.errstate(
+                all="ignore"
+            ):  # as torch: inf/NaN go on to the finite check
+                theta = _policy_step(
+                    pol, theta, omega, gu, (sP, endsP), (sH, endsH), consts, knobs
+                )
         elif method == "imma":
             theta = adam.step(
                 theta, _imma_grad(prob, theta, omega, mu, inner_steps, kH)
