@@ -741,7 +741,7 @@ def run(
     # the per-problem constants the step sizes read, on the host (see _ends)
     consts = dict(
         lP=_host(lP), lH=_host(lH), kP=_host(kP), kH=_host(kH), Ns=_host(prob.Ns),
-        LK=_host(LK), kH_t=kH, index_H=(D - kH)[:, None, None].expand(B, D, 1),
+        LK=_host(LK), kH_torch=kH, index_H=(D - kH)[:, None, None].expand(B, D, 1),
     )  # fmt: skip
     bar = tqdm(
         total=steps, disable=not _progress(progress), desc=desc or method, leave=False
@@ -950,7 +950,7 @@ def _policy_step(pol, theta, omega, gu, spec_P, spec_H, consts, knobs):
         etaH = etaH / g**2
         H_weights.append(-2 * etaH / kH)
         H_list.append(sH.H)
-        vecs.append(sH.vec_at(c["kH_t"], c["index_H"]))
+        vecs.append(sH.vec_at(c["kH_torch"], c["index_H"]))
         vec_weights.append(2 * etaH * hk)
     # the supervised θ-step, capped by the inverse Lipschitz constant 2‖ω‖²σ_max(K_s)/N of ∇_θL
     w2 = _host((omega * omega).sum(-1))
