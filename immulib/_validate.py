@@ -26,6 +26,7 @@ __all__ = [
     "number",
     "positive",
     "progress",
+    "rows_targets",
     "threads",
 ]
 
@@ -66,6 +67,28 @@ def as_float64(x, name: str, *, ndim: int | None = None) -> torch.Tensor:
     if not bool(torch.isfinite(t.detach()).all()):
         raise ValueError(f"{name} contains NaN or infinite entries")
     return t
+
+
+def rows_targets(
+    X, y, name: str = "F", y_name: str = "y", *, columns: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A least-squares task's rows ``X`` (n × d) and targets ``y`` (n,) as detached float64
+    tensors on ``X``'s device, checked to match (and, if ``columns`` is given, d = columns: the
+    input dimension of the task checked first).
+
+    Chapter: {ref}`ch-attackers`.
+    """
+    X = as_float64(X, name, ndim=2).detach()
+    y = as_float64(y, y_name, ndim=1).detach().to(X.device)
+    if len(y) != len(X):
+        raise ValueError(
+            f"{y_name} must have {len(X)} entries (one per row of {name}), got {len(y)}"
+        )
+    if columns is not None and X.shape[1] != columns:
+        raise ValueError(
+            f"{name} must have {columns} columns (the input dimension of XP), got {X.shape[1]}"
+        )
+    return X, y
 
 
 def integer(

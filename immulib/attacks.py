@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import _validate
-from ._validate import as_float64, integer, positive, threads
+from ._validate import as_float64, integer, positive, rows_targets, threads
 from .linalg import gram
 from .optimal import optimal_theta
 
@@ -53,16 +53,6 @@ ATTACKERS: tuple[str, ...] = (
 )
 #: Attackers that need a step size ``eta``.
 NEEDS_ETA: tuple[str, ...] = ("gd_fixed", "adam")
-
-
-def _features_targets(F, y) -> tuple[torch.Tensor, torch.Tensor]:
-    F = as_float64(F, "F", ndim=2).detach()
-    y = as_float64(y, "y", ndim=1).detach()
-    if len(y) != len(F):
-        raise ValueError(
-            f"y must have {len(F)} entries (one per row of F), got {len(y)}"
-        )
-    return F, y
 
 
 def _eta(eta, attacker: str) -> float:
@@ -135,7 +125,7 @@ def attack(
     """
     if attacker not in ATTACKERS:
         raise ValueError(f"attacker must be one of {ATTACKERS}, got {attacker!r}")
-    F, y = _features_targets(F, y)
+    F, y = rows_targets(F, y)
     steps = integer(steps, "steps", minimum=1)
     eta = _eta(eta, attacker)
     seed = integer(seed, "seed", minimum=0)
@@ -197,7 +187,7 @@ def probe_loss(F, y, W) -> torch.Tensor:
 
     Chapter: {ref}`ch-attackers`.
     """
-    F, y = _features_targets(F, y)
+    F, y = rows_targets(F, y)
     W = _check_W(W, F.shape[1])
     return ((W @ F.T - y) ** 2).mean(1)
 
@@ -207,7 +197,7 @@ def probe_accuracy(F, y, W) -> torch.Tensor:
 
     Chapter: {ref}`ch-attackers`.
     """
-    F, y = _features_targets(F, y)
+    F, y = rows_targets(F, y)
     if not bool(((y == 1) | (y == -1)).all()):
         raise ValueError("y must hold labels -1 and +1 for probe_accuracy")
     W = _check_W(W, F.shape[1])

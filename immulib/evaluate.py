@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._validate import as_float64, choice, integer, nonneg, number
+from ._validate import as_float64, choice, integer, nonneg, number, rows_targets
 from .linalg import CONVENTIONS
 from .metrics import rir
 
@@ -80,17 +80,6 @@ STEP_COLUMNS: tuple[str, ...] = tuple(
 
 # ---------------------------------------------------------------------------------------------
 # the attacker in the singular basis
-
-
-def _probe_task(F, y, name: str = "F") -> tuple[torch.Tensor, torch.Tensor]:
-    """Features ``F`` (n, d) and targets ``y`` (n,) as float64, checked to match."""
-    F = as_float64(F, name, ndim=2).detach()
-    y = as_float64(y, "y", ndim=1).detach().to(F.device)
-    if len(y) != len(F):
-        raise ValueError(
-            f"y must have {len(F)} entries (one per row of {name}), got {len(y)}"
-        )
-    return F, y
 
 
 def _spectrum(F: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray, float]:
@@ -173,7 +162,7 @@ def attack_steps(
 
     Chapter: {ref}`ch-optimal`.
     """
-    F, y = _probe_task(F, y)
+    F, y = rows_targets(F, y)
     target = _target(target)
     max_steps = integer(max_steps, "max_steps", minimum=1)
     grid = _grid(fixed_grid)
@@ -194,7 +183,7 @@ def attack_curve(F, y, *, steps: int = 100, step: float | None = None) -> np.nda
 
     Chapter: {ref}`ch-house-prices`.
     """
-    F, y = _probe_task(F, y)
+    F, y = rows_targets(F, y)
     steps = integer(steps, "steps", minimum=0)
     if step is not None:
         step = number(step, "step", minimum=0.0, strict=True, maximum=2.0)
@@ -230,7 +219,7 @@ def error_spectrum(F, y) -> pd.DataFrame:
 
     Chapter: {ref}`ch-house-prices`.
     """
-    F, y = _probe_task(F, y)
+    F, y = rows_targets(F, y)
     lam, u, _ = _spectrum(F, y)
     w = u * u
     total = float(w.sum())
@@ -266,20 +255,6 @@ def _grid(grid) -> tuple[float, ...]:
     return grid
 
 
-def _task(X, y, nX: str, ny: str, D: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    X = as_float64(X, nX, ndim=2).detach()
-    y = as_float64(y, ny, ndim=1).detach()
-    if len(y) != len(X):
-        raise ValueError(
-            f"{ny} must have {len(X)} entries (one per row of {nX}), got {len(y)}"
-        )
-    if D is not None and X.shape[1] != D:
-        raise ValueError(
-            f"{nX} must have {D} columns (the input dimension of XP), got {X.shape[1]}"
-        )
-    return X, y.to(X.device)
-
-
 def _theta(theta, name: str, D: int, device) -> torch.Tensor:
     t = as_float64(theta, name, ndim=2).detach().to(device)
     if t.shape[0] != D:
@@ -313,7 +288,7 @@ def compress(X, y) -> tuple[torch.Tensor, torch.Tensor]:
 
     Chapter: {ref}`ch-mnist-pairs`.
     """
-    X, y = _probe_task(X, y, "X")
+    X, y = rows_targets(X, y, "X")
     if len(X) <= X.shape[1]:
         return X, y
     R = torch.linalg.qr(torch.cat([X, y[:, None]], 1), mode="r").R
@@ -417,9 +392,9 @@ def score(
         ``slower_than_identity`` (the exact-line-search D_H attacker needs more steps on the
         held-out rows than on the identity's features, X_H_test itself).
     """
-    XP, yP = _task(XP, yP, "XP", "yP", None)
+    XP, yP = rows_targets(XP, yP, "XP", "yP")
     D, dev = XP.shape[1], XP.device
-    XH, yH = _task(XH, yH, "XH", "yH", D)
+    XH, yH = rows_targets(XH, yH, "XH", "yH", columns=D)
     theta = _theta(theta, "theta", D, dev)
     ref = (
         torch.eye(D, dtype=torch.float64, device=dev)
@@ -445,8 +420,8 @@ def score(
     splits = {"train": (XP, yP, XH, yH)}
     if has_test:
         splits["test"] = (
-            *_task(XP_test, yP_test, "XP_test", "yP_test", D),
-            *_task(XH_test, yH_test, "XH_test", "yH_test", D),
+            *rows_targets(XP_test, yP_test, "XP_test", "yP_test", columns=D),
+            *rows_targets(XH_test, yH_test, "XH_test", "yH_test", columns=D),
         )
     spectra = {  # one SVD per split and task, for the attackers and (train, P) the D_P loss
         (split, task): _spectrum(X @ theta, y)

@@ -496,6 +496,10 @@ def _loss(prob: Problem, u, Ku):
 
 @dataclass
 class _Adam:
+    """``torch.optim.Adam``'s update (default betas and ε, no weight decay) as a function of a
+    plain tensor, so that the batched engine can apply it to θ of shape (B, D, D) without
+    leaf parameters; tested against ``torch.optim.Adam`` step for step."""
+
     eta: float
     b1: float = 0.9
     b2: float = 0.999
@@ -739,7 +743,7 @@ def run(
         use_P=bool((lP > 0).any()), use_H=bool((lH > 0).any()),
     )  # fmt: skip
     # the per-problem constants the step sizes read, on the host (see _ends)
-    consts = dict(
+    consts = _StepConsts(
         lP=_host(lP), lH=_host(lH), kP=_host(kP), kH=_host(kH), Ns=_host(prob.Ns),
         LK=_host(LK), kH_torch=kH, index_H=(D - kH)[:, None, None].expand(B, D, 1),
     )  # fmt: skip
@@ -802,9 +806,9 @@ def run(
         if t == steps:
             break
         # the head: a gradient step on L, capped by the inverse Lipschitz constant Ns/(2σ_max(θᵀKsθ))
-        endsP, endsH = _ends(sP, consts["kP"]), _ends(sH, consts["kH"])
+        endsP, endsH = _ends(sP, consts.kP), _ends(sH, consts.kH)
         eta_w = _head_rate(
-            prob, theta, endsP[1], endsH[1], eta, consts["Ns"],
+            prob, theta, endsP[1], endsH[1], eta, consts.Ns,
             capped=method in POLICY_METHODS, ks_is_sum=ks_is_sum, extreme=extreme,
         )  # fmt: skip
         omega_t = omega - _to(eta_w[:, None], omega) * g_omega
@@ -916,6 +920,22 @@ def _head_rate(prob, theta, top_P, top_H, eta, Ns, *, capped, ks_is_sum, extreme
     return np.minimum(eta, cap) if capped else cap
 
 
+@dataclass(frozen=True)
+class _StepConsts:
+    """The per-problem constants the policy step reads: the weights λ_P, λ_H, the ranks k_P,
+    k_H, the sample counts N_s and σ_max(K_s) as numpy arrays (the host arithmetic), and k_H
+    with its gather index as torch tensors on θ's device (the pick of v_k)."""
+
+    lP: np.ndarray
+    lH: np.ndarray
+    kP: np.ndarray
+    kH: np.ndarray
+    Ns: np.ndarray
+    LK: np.ndarray
+    kH_torch: torch.Tensor
+    index_H: torch.Tensor
+
+
 def _policy_step(pol, theta, omega, gu, spec_P, spec_H, consts, knobs):
     """One full-batch step of ``"ours"``/``"r_well_only"``/``"r_ill_only"`` under ``pol``.
 
@@ -927,7 +947,7 @@ def _policy_step(pol, theta, omega, gu, spec_P, spec_H, consts, knobs):
     the spectra's ends (:func:`_ends`); the matrices stay on θ's device."""
     (sP, (_, p1, p2, pk)), (sH, (lamH, h1, _, hk)) = spec_P, spec_H
     c, eta, rho, delta = consts, knobs["eta"], knobs["rho"], knobs["delta"]
-    lP, lH, kH = c["lP"], c["lH"], c["kH"]
+    lP, lH, kH = c.lP, c.lH, c.kH
     B, D = theta.shape[0], theta.shape[-1]
     H_weights, H_list, vecs, vec_weights = [], [], [], []  # θM = θΣ a H + Σ (θv) (c v)ᵀ
     if knobs["use_P"]:
@@ -950,11 +970,11 @@ def _policy_step(pol, theta, omega, gu, spec_P, spec_H, consts, knobs):
         etaH = etaH / g**2
         H_weights.append(-2 * etaH / kH)
         H_list.append(sH.H)
-        vecs.append(sH.vec_at(c["kH_torch"], c["index_H"]))
+        vecs.append(sH.vec_at(c.kH_torch, c.index_H))
         vec_weights.append(2 * etaH * hk)
     # the supervised θ-step, capped by the inverse Lipschitz constant 2‖ω‖²σ_max(K_s)/N of ∇_θL
     w2 = _host((omega * omega).sum(-1))
-    vec_weights.append(np.minimum(eta, c["Ns"] / (2 * c["LK"] * w2 + 1e-300)))
+    vec_weights.append(np.minimum(eta, c.Ns / (2 * c.LK * w2 + 1e-300)))
     a = _to(np.array(H_weights).T.reshape(B, -1, 1, 1), theta) if H_weights else None
     # (B, D, m + 1): the vectors of the low-rank update
     V = torch.stack([*vecs, omega], -1)

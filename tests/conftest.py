@@ -4,6 +4,7 @@ import os
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 from filelock import FileLock
 
@@ -19,6 +20,21 @@ def _project_data_dir() -> Path | None:
 #: The development data folder (IMMULIB_DATA), read once at import, before any fixture hides
 #: the environment variable.
 PROJECT_DATA = _project_data_dir()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """A small synthetic digit set: 10 classes of 28×28 images with a class-specific blob pattern."""
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for c in range(10):
+        n = 60 + 5 * c  # unequal counts, so balancing subsamples
+        img = np.zeros((n, 28, 28))
+        img[:, 11:17, 11:17] = rng.uniform(0, 255, (n, 6, 6))
+        img[:, 11 + c % 3, 11:17] *= 0.3 + 0.1 * c
+        images.append(img.astype(np.uint8))
+        labels.append(np.full(n, c, np.uint8))
+    return data.ImageSet(np.concatenate(images), np.concatenate(labels))
 
 
 @pytest.fixture

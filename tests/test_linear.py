@@ -477,3 +477,19 @@ def test_the_extreme_eigensolver_refuses_singular_hessians_and_bad_solvers():
         lin.run(prob, "ours", steps=2, progress=False, solver="extreme")
     with pytest.raises(TypeError, match="solver"):
         lin.run(prob, "ours", steps=2, progress=False, solver="lanczos")
+
+
+def test_the_engines_adam_is_torch_adam_step_for_step():
+    rng = np.random.default_rng(11)
+    x0 = torch.from_numpy(rng.standard_normal((3, 4, 4)))
+    p = x0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([p], lr=0.05)
+    ours, x = lin._Adam(0.05), x0.clone()
+    for _ in range(7):
+        g = torch.from_numpy(rng.standard_normal((3, 4, 4)))
+        opt.zero_grad()
+        p.grad = g.clone()
+        opt.step()
+        x = ours.step(x, g)
+        assert torch.allclose(x, p.detach(), rtol=1e-12, atol=1e-14)
+    assert not torch.equal(x, x0)

@@ -12,6 +12,11 @@ well-posed setup on all 90 pairs ~9 min, the authors' setup on the ten pairs ~35
 (paper) and R_ill only on all 90 pairs of the authors' setup (the third line) ~70 min. The
 chapter "Linear classification: MNIST digit pairs" reads it.
 
+``--score`` also scores every θ from the attacker's side (:class:`tools.attacker.PairAttacker`:
+the steps an attacker needs on the pair's training and test images, beside the identity's, with
+targets by chapter 05's rule); the authors' setup on the ten pairs with ``--score`` (the second
+line plus ``--score``) is how the file's authors'-setup subset rows carry those columns.
+
 The **fair protocol** (every method tuned by one grid rule, three seeds, all 90 pairs, every θ
 scored by the attacker on the test images) is the other tool, ``python -m tools.mnist_tune
 --workers 2`` (~11 min on 2 cores), which writes ``mnist_tuned.csv``.
@@ -23,7 +28,10 @@ import argparse
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from immulib import data, pairs, protocol
+from tools.attacker import PairAttacker
 from tools.tables import replace_rows
 
 OUT = Path(__file__).resolve().parents[1] / "immulib" / "tables" / "mnist_sweep.csv"
@@ -46,24 +54,62 @@ def main(argv=None):
         help="full-batch steps per method (default 100)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="pairs run together (default 10, or 5 in the authors' setup: a batch of ten "
+        "784 x 784 Hessians is 49 MB, and temporaries that large cost page faults)",
+    )
+    parser.add_argument(
+        "--score",
+        action="store_true",
+        help="score every θ from the attacker's side on the pair's training and test images "
+        "(tools.attacker: the steps_* columns, the identity's *_id, def31, dist, ...)",
+    )
+    parser.add_argument("--ref-steps", type=int, default=100)
+    parser.add_argument("--max-attack-steps", type=int, default=3000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    grams = pairs.digit_grams(data.load_mnist("train"), args.setup, device=args.device)
+    train = data.load_mnist("train")
+    grams = pairs.digit_grams(train, args.setup, device=args.device)
+    if args.batch_size is None:
+        args.batch_size = 5 if args.setup == "authors" else 10
+    attacker = (
+        PairAttacker(
+            train,
+            data.load_mnist("test"),
+            grams.pixels,
+            ref_steps=args.ref_steps,
+            max_steps=args.max_attack_steps,
+        )
+        if args.score
+        else None
+    )
     for entry in args.entries:
         t0 = time.perf_counter()
         knobs = {"policy": "paper"} if entry == "ours_paper" else {}
+        thetas = {}
         df = pairs.sweep(
             protocol.method_of(entry),
             args.setup,
             pairs=args.pairs,
             steps=args.steps,
             seed=args.seed,
+            batch_size=args.batch_size,
             grams=grams,
             device=args.device,
             num_threads=1,
+            thetas=thetas if attacker else None,
             **knobs,
         )
+        if attacker:  # the same columns on both κ conventions' rows of a pair
+            cols = {ab: attacker(ab, args.seed, t) for ab, t in thetas.items()}
+            scored = pd.DataFrame(
+                [cols[(a, b)] for a, b in zip(df.a, df.b, strict=True)], index=df.index
+            )
+            df = pd.concat([df, scored], axis=1)
         df["entry"] = entry
         replace_rows(args.out, df, ("setup", "entry", "seed", "a", "b"))
         ok = df[df.convention == "pinv"]

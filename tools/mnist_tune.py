@@ -45,48 +45,31 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from immulib import data, evaluate, pairs, protocol
+from immulib import data, pairs, protocol
+from tools.attacker import PairAttacker
 from tools.tables import replace_rows
 
 OUT = Path(__file__).resolve().parents[1] / "immulib" / "tables" / "mnist_tuned.csv"
 SETUP = "well_posed"
-_STATE: dict = {}  # per process: the options, the data, the Gram matrices, the attacker's rows
+_STATE: dict = {}  # per process: the options, the Gram matrices, the attacker (tools.attacker)
 
 
 def _setup(options: dict) -> None:
     """Load the data once per process."""
     torch.set_num_threads(1)
     train, test = data.load_mnist("train"), data.load_mnist("test")
+    grams = pairs.digit_grams(train, SETUP, device=options["device"])
     _STATE.update(
         options=options,
-        train=train,
-        test=test,
-        grams=pairs.digit_grams(train, SETUP, device=options["device"]),
-        cache={},
+        grams=grams,
+        attacker=PairAttacker(
+            train,
+            test,
+            grams.pixels,
+            ref_steps=options["ref_steps"],
+            max_steps=options["max_attack_steps"],
+        ),
     )
-
-
-def _attacker(ab, seed, theta) -> dict:
-    """The held-out columns of one θ (immulib.evaluate.score) and the identity's counts."""
-    opt, cache, grams = _STATE["options"], _STATE["cache"], _STATE["grams"]
-    if (ab, seed) not in cache:
-        rows = pairs.splits(
-            _STATE["train"], _STATE["test"], *ab, pixels=grams.pixels, seed=seed,
-            compress=True,
-        )  # fmt: skip
-        goal = evaluate.identity_targets(**rows, steps=opt["ref_steps"])
-        ident = evaluate.score(
-            torch.eye(len(grams.pixels), dtype=torch.float64), **rows, **goal,
-            max_steps=opt["max_attack_steps"],
-        )  # fmt: skip
-        cache[(ab, seed)] = rows, goal, ident
-    rows, goal, ident = cache[(ab, seed)]
-    r = evaluate.score(theta, **rows, **goal, max_steps=opt["max_attack_steps"])
-    out = {c: r[c] for c in evaluate.STEP_COLUMNS}
-    out.update({c + "_id": ident[c] for c in evaluate.STEP_COLUMNS})
-    for c in ("def31", "slower_than_identity", "loss_P_kept"):
-        out[c] = r[c]
-    return dict(out, target_H=goal["target"], target_P=goal["target_P"])
 
 
 def _run(entry, knobs, seed, stage, chosen_pairs) -> pd.DataFrame:
@@ -107,15 +90,10 @@ def _run(entry, knobs, seed, stage, chosen_pairs) -> pd.DataFrame:
         thetas=thetas,
         **knobs,
     )
-    dist = {  # ‖θ − θ_0‖_F, θ_0 the identity
-        ab: float(torch.linalg.matrix_norm(t - torch.eye(*t.shape, dtype=t.dtype)))
-        for ab, t in thetas.items()
-    }
-    df["dist"] = [dist[(a, b)] for a, b in zip(df.a, df.b, strict=True)]
     df = df[df.convention == "pinv"].drop(columns=list(knobs), errors="ignore")
     scored = pd.DataFrame(
         [
-            _attacker((a, b), seed, thetas[(a, b)])
+            _STATE["attacker"]((a, b), seed, thetas[(a, b)])
             for a, b in zip(df.a, df.b, strict=True)
         ],
         index=df.index,
