@@ -84,7 +84,7 @@ def test_mnist_sweep_score_adds_the_columns_and_keeps_the_sweep(
         assert np.array_equal(p[c].to_numpy(), s[c].to_numpy()), c
     assert s[list(evaluate.STEP_COLUMNS)].notna().all().all()
     assert (s.steps_H_test_exact_id <= 10).all() and (s.target_H > 0).all()
-    assert (s.dist > 0).all()
+    assert (s.dist > 0).all() and (s.max_attack_steps == 200).all()
     # a second entry is added beside the first, which is kept
     mnist_sweep.main(["--entries", "r_well_only", "--pairs", "subset", "--steps", "2"]
                      + ["--out", str(scored)])  # fmt: skip

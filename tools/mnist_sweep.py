@@ -3,19 +3,25 @@
     IMMULIB_DATA=/path/to/data python -m tools.mnist_sweep --setup well_posed
     IMMULIB_DATA=/path/to/data python -m tools.mnist_sweep --setup authors --pairs subset
     IMMULIB_DATA=/path/to/data python -m tools.mnist_sweep --setup authors --entries ours_paper r_ill_only
+    IMMULIB_DATA=/path/to/data python -m tools.mnist_sweep --setup authors --entries imma constrained --score
 
 Each (setup, method entry) of :data:`immulib.protocol.GRIDS` is run on the chosen pairs with
 :func:`immulib.pairs.sweep` at that method's default knobs (Ours (paper): ``policy="paper"``)
 and replaces the rows of the pairs it ran (same setup, entry and seed) in the CSV, which is
 written after every entry (so a partial file is usable). Times on 2 cores, one used: the
-well-posed setup on all 90 pairs ~9 min, the authors' setup on the ten pairs ~35 min, and Ours
-(paper) and R_ill only on all 90 pairs of the authors' setup (the third line) ~70 min. The
-chapter "Linear classification: MNIST digit pairs" reads it.
+well-posed setup on all 90 pairs ~9 min, the authors' setup on the ten pairs ~30 min with
+``--score``, Ours (paper) and R_ill only on all 90 pairs of the authors' setup (the third line)
+~70 min, and IMMA and the constrained method on all 90 pairs with ``--score`` (the fourth line)
+~65 and ~55 min (each entry's pairs can run in a process of its own, with ``--out`` to a file of
+its own, merged afterwards with :func:`tools.tables.replace_rows`). The chapter "Linear
+classification: MNIST digit pairs" reads it.
 
 ``--score`` also scores every θ from the attacker's side (:class:`tools.attacker.PairAttacker`:
 the steps an attacker needs on the pair's training and test images, beside the identity's, with
-targets by chapter 05's rule); the authors' setup on the ten pairs with ``--score`` (the second
-line plus ``--score``) is how the file's authors'-setup subset rows carry those columns.
+targets by chapter 05's rule, and ``max_attack_steps``, the attacker's budget); the authors' setup
+on the ten pairs with ``--score`` (the second line plus ``--score``) and the fourth line are how
+the file's authors'-setup rows carry those columns (every method's ten subset pairs, all 90 of
+IMMA and the constrained method).
 
 The **fair protocol** (every method tuned by one grid rule, three seeds, all 90 pairs, every θ
 scored by the attacker on the test images) is the other tool, ``python -m tools.mnist_tune
@@ -110,6 +116,8 @@ def main(argv=None):
                 [cols[(a, b)] for a, b in zip(df.a, df.b, strict=True)], index=df.index
             )
             df = pd.concat([df, scored], axis=1)
+            # a step count above the attacker's budget means "not reached"
+            df["max_attack_steps"] = args.max_attack_steps
         df["entry"] = entry
         replace_rows(args.out, df, ("setup", "entry", "seed", "a", "b"))
         ok = df[df.convention == "pinv"]
