@@ -22,6 +22,17 @@ def _project_data_dir() -> Path | None:
 PROJECT_DATA = _project_data_dir()
 
 
+@pytest.fixture
+def one_thread():
+    """Batched LAPACK calls with several threads stall on a loaded machine (see immulib.pairs.sweep)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def digits():
     """A small synthetic digit set: 10 classes of 28×28 images with a class-specific blob pattern."""

@@ -9,14 +9,7 @@ import torch
 from immulib import data, evaluate, linalg, linear
 from immulib import pairs as mp
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Batched LAPACK calls with several threads stall on a loaded machine (see immulib.pairs.sweep)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pair_arrays(digits, grams, a, b, seed=0):

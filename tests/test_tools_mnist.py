@@ -9,13 +9,7 @@ from immulib import data, evaluate
 from immulib import pairs as mp
 from tools import attacker, mnist_sweep
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
