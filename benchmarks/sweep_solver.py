@@ -10,8 +10,13 @@ step). This script runs the engine (``immulib.linear.run``, the pairs' problem b
 each, in one process, three times, and prints the median of each run's time divided by
 ``steps`` batched ``eigh`` of the B Hessians (measured between the runs), the solvers' fallbacks
 to a full ``eigh``, and how far their θ and κ(H_H) are from the ``eigh`` run's. The last line
-is the headline. ``--quick``: 10 pairs, 8 steps (about a minute on 2 loaded CPU cores); the full
-mode: all 90 pairs, 20 steps. Needs MNIST (``IMMULIB_DATA`` or the cache).
+is the headline. Both modes run the sweep's own 100 steps, so that the once-per-run set-up
+(θ_0's two full decompositions, K_P's eigenvalues, the last step's) weighs on the ratio as it
+does in the sweep (at 8 steps it added about 0.4). ``--quick``: 10 pairs, 2 repeats (about a
+minute on 2 CPU cores); the full mode: all 90 pairs, 1 repeat. A second line prints what one
+step of the partial solver is made of, in the same unit: two ``eigvalsh`` and the five D × D
+products of a step (θᵀK_Pθ, θᵀK_Hθ and θM) are its floor; the rest is two LU factorisations,
+their solves and the small operations. Needs MNIST (``IMMULIB_DATA`` or the cache).
 
     python -m benchmarks.sweep_solver [--quick] [--device cuda] [--pairs N --steps S --repeats R]
 """
@@ -40,7 +45,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, help="steps (overrides the mode)")
     parser.add_argument("--repeats", type=int, help="repeats (overrides the mode)")
     args = parser.parse_args(argv)
-    n_pairs, steps, repeats = (10, 8, 3) if args.quick else (90, 20, 3)
+    n_pairs, steps, repeats = (10, 100, 2) if args.quick else (90, 100, 1)
     n_pairs, steps, repeats = (
         args.pairs or n_pairs,
         args.steps or steps,
@@ -91,6 +96,16 @@ def main(argv=None):
             if "solver" in info:
                 fallbacks[name] += info["solver"]["fallbacks"]
                 matrices[name] += info["solver"]["calls"] * n_pairs
+    pieces = {
+        "eigvalsh": lambda: torch.linalg.eigvalsh(H),
+        "lu_factor": lambda: torch.linalg.lu_factor_ex(H),
+        "D x D product": lambda: torch.bmm(H, H),
+    }
+    t_eigh = median_seconds(batched_eigh, 3)
+    cost = {}
+    for name, fn in pieces.items():
+        cost[name] = median_seconds(lambda fn=fn: (fn(), sync()), 3) / t_eigh
+    floor = 2 * cost["eigvalsh"] + 5 * cost["D x D product"]
     ref = thetas["eigh"]
     kap_ref = pairs._kappas(linear._sym(ref.mT @ prob.KH @ ref))["pinv"]
     med = {name: statistics.median(r) for name, r in ratios.items()}
@@ -108,6 +123,11 @@ def main(argv=None):
             f"max relative |Δθ| = {float((th - ref).abs().max() / ref.abs().max()):.1e}, "
             f"|Δκ(H_H)|/κ = {float(((kap - kap_ref) / kap_ref).abs().max()):.1e}"
         )
+    print(
+        "pieces, in the same unit: "
+        + ", ".join(f"{name} {c:.2f}" for name, c in cost.items())
+        + f"; the partial solver's floor (2 eigvalsh + 5 products): {floor:.2f}"
+    )
     print(
         f"sweep step with the default (partial) solver: {med['partial']:.2f} batched eigh "
         f"(eigh: {med['eigh']:.2f}, extreme: {med['extreme']:.2f}), "

@@ -70,11 +70,17 @@ def as_float64(x, name: str, *, ndim: int | None = None) -> torch.Tensor:
 
 
 def rows_targets(
-    X, y, name: str = "F", y_name: str = "y", *, columns: int | None = None
+    X,
+    y,
+    name: str = "F",
+    y_name: str = "y",
+    *,
+    columns: int | None = None,
+    columns_of: str = "the first task",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A least-squares task's rows ``X`` (n × d) and targets ``y`` (n,) as detached float64
     tensors on ``X``'s device, checked to match (and, if ``columns`` is given, d = columns: the
-    input dimension of the task checked first).
+    input dimension of ``columns_of``, the task checked first, named in the error).
 
     Chapter: {ref}`ch-attackers`.
     """
@@ -86,7 +92,8 @@ def rows_targets(
         )
     if columns is not None and X.shape[1] != columns:
         raise ValueError(
-            f"{name} must have {columns} columns (the input dimension of XP), got {X.shape[1]}"
+            f"{name} must have {columns} columns (the input dimension of {columns_of}), "
+            f"got {X.shape[1]}"
         )
     return X, y
 

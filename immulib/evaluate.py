@@ -394,7 +394,7 @@ def score(
     """
     XP, yP = rows_targets(XP, yP, "XP", "yP")
     D, dev = XP.shape[1], XP.device
-    XH, yH = rows_targets(XH, yH, "XH", "yH", columns=D)
+    XH, yH = rows_targets(XH, yH, "XH", "yH", columns=D, columns_of="XP")
     theta = _theta(theta, "theta", D, dev)
     ref = (
         torch.eye(D, dtype=torch.float64, device=dev)
@@ -420,8 +420,12 @@ def score(
     splits = {"train": (XP, yP, XH, yH)}
     if has_test:
         splits["test"] = (
-            *rows_targets(XP_test, yP_test, "XP_test", "yP_test", columns=D),
-            *rows_targets(XH_test, yH_test, "XH_test", "yH_test", columns=D),
+            *rows_targets(
+                XP_test, yP_test, "XP_test", "yP_test", columns=D, columns_of="XP"
+            ),
+            *rows_targets(
+                XH_test, yH_test, "XH_test", "yH_test", columns=D, columns_of="XP"
+            ),
         )
     spectra = {  # one SVD per split and task, for the attackers and (train, P) the D_P loss
         (split, task): _spectrum(X @ theta, y)

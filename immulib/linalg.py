@@ -345,11 +345,13 @@ class PartialEigensolver:
         lam = torch.linalg.eigvalsh(Hs)
         B, D = lam.shape
         top = lam.abs().amax(-1)
-        eye = torch.eye(D, dtype=H.dtype, device=H.device)
         out, ok = {}, torch.isfinite(lam).all(-1)
         for name, idx in want.items():
             mu = torch.gather(lam, -1, idx[:, None])[:, 0]
-            shifted = Hs - (mu + 16 * _EPS * top)[:, None, None] * eye
+            shifted = (
+                Hs.clone()
+            )  # H − (μ + 16·eps·max|λ|)·I, the shift on the diagonal only
+            shifted.diagonal(dim1=-2, dim2=-1).sub_((mu + 16 * _EPS * top)[:, None])
             LU, piv, info = torch.linalg.lu_factor_ex(shifted)
             x = self._v.get((key, name))
             if x is None or x.shape != (B, D):

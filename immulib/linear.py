@@ -980,13 +980,13 @@ def _policy_step(pol, theta, omega, gu, spec_P, spec_H, consts, knobs):
     V = torch.stack([*vecs, omega], -1)
     W = V * _to(np.array(vec_weights).T[:, None, :], theta)
     U = torch.cat([torch.bmm(theta, V[..., :-1]), gu[..., None]], -1)
-    step = theta
-    if a is not None:
-        C = H_list[0] * a[:, 0]
-        if len(H_list) > 1:
-            C.addcmul_(H_list[1], a[:, 1])
-        step = torch.baddbmm(theta, theta, C, alpha=-1)
-    return torch.baddbmm(step, U, W.mT, alpha=-1)
+    if a is None:
+        return torch.baddbmm(theta, U, W.mT, alpha=-1)
+    C = H_list[0] * a[:, 0]
+    if len(H_list) > 1:
+        C.addcmul_(H_list[1], a[:, 1])
+    # θ − θC, then the low-rank update in place (the step is a new tensor, θ is not touched)
+    return torch.baddbmm(theta, theta, C, alpha=-1).baddbmm_(U, W.mT, alpha=-1)
 
 
 def _imma_grad(prob, theta, omega, mu, inner_steps, kH):

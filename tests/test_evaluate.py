@@ -222,8 +222,13 @@ def test_bad_input_errors():
     th = np.eye(6)
     with pytest.raises(ValueError, match="yP must have 80"):
         evaluate.score(th, XP, yP[:-1], XH, yH)
-    with pytest.raises(ValueError, match="XH must have 6 columns"):
+    with pytest.raises(
+        ValueError, match=r"XH must have 6 columns \(the input dimension of XP\)"
+    ):
         evaluate.score(th, XP, yP, XH[:, :5], yH)
+    bad_test = dict(test, XH_test=test["XH_test"][:, :5])
+    with pytest.raises(ValueError, match="XH_test must have 6 columns"):
+        evaluate.score(th, *train, **bad_test)
     with pytest.raises(ValueError, match="theta must have 6 rows"):
         evaluate.score(np.eye(5), *train)
     with pytest.raises(ValueError, match="theta_ref must have 6 rows"):
