@@ -348,9 +348,8 @@ class PartialEigensolver:
         out, ok = {}, torch.isfinite(lam).all(-1)
         for name, idx in want.items():
             mu = torch.gather(lam, -1, idx[:, None])[:, 0]
-            shifted = (
-                Hs.clone()
-            )  # H − (μ + 16·eps·max|λ|)·I, the shift on the diagonal only
+            # H − (μ + 16·eps·max|λ|)·I: the shift on the diagonal of a copy
+            shifted = Hs.clone()
             shifted.diagonal(dim1=-2, dim2=-1).sub_((mu + 16 * _EPS * top)[:, None])
             LU, piv, info = torch.linalg.lu_factor_ex(shifted)
             x = self._v.get((key, name))
