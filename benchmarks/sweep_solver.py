@@ -7,7 +7,7 @@ all its eigenvalues' extremes and v₁, and of H_H σ_k, v_k and ‖H_H‖_F, so
 (the default: every eigenvalue by ``eigvalsh``, the two vectors by warm-started inverse
 iteration) or :class:`immulib.linalg.ExtremeEigensolver` (LOBPCG, warm-started from the previous
 step). This script runs the engine (``immulib.linear.run``, the pairs' problem built once) with
-each, in one process, three times, and prints the median of each run's time divided by
+each, in one process, ``--repeats`` times, and prints the median of each run's time divided by
 ``steps`` batched ``eigh`` of the B Hessians (measured between the runs), the solvers' fallbacks
 to a full ``eigh``, and how far their θ and κ(H_H) are from the ``eigh`` run's. The last line
 is the headline. Both modes run the sweep's own 100 steps, so that the once-per-run set-up
