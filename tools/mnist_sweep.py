@@ -20,9 +20,8 @@ classification: MNIST digit pairs" reads it.
 the steps an attacker needs on the pair's training and test images, beside the identity's, with
 targets by chapter 05's rule, and ``max_attack_steps``, the attacker's budget); the authors' setup
 on the ten pairs with ``--score`` (the second line plus ``--score``) and the fourth line with
-other entries are how the file's authors'-setup rows carry those columns (every method's ten
-subset pairs; all 90 pairs of every method but Opt κ, whose 90 take ~96 min on one core and
-are not scored yet: ``--entries opt_kappa --score``).
+other entries are how the file's authors'-setup rows carry those columns, for every method on
+all 90 pairs (one entry takes 38–46 min on one core with ``--score``; Opt κ ~96 min).
 
 The **fair protocol** (every method tuned by one grid rule, three seeds, all 90 pairs, every θ
 scored by the attacker on the test images) is the other tool, ``python -m tools.mnist_tune
