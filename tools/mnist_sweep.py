@@ -21,7 +21,7 @@ the steps an attacker needs on the pair's training and test images, beside the i
 targets by chapter 05's rule, and ``max_attack_steps``, the attacker's budget); the authors' setup
 on the ten pairs with ``--score`` (the second line plus ``--score``) and the fourth line with
 other entries are how the file's authors'-setup rows carry those columns, for every method on
-all 90 pairs (one entry takes 38–46 min on one core with ``--score``; Opt κ ~96 min).
+all 90 pairs (one entry takes 38–56 min on one core with ``--score``, Opt κ the longest).
 
 The **fair protocol** (every method tuned by one grid rule, three seeds, all 90 pairs, every θ
 scored by the attacker on the test images) is the other tool, ``python -m tools.mnist_tune
