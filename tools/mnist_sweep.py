@@ -1,6 +1,6 @@
 """Regenerate immulib/tables/mnist_sweep.csv: the MNIST digit-pair sweep (paper Fig. 2 / Table 2).
 
-    IMMULIB_DATA=/path/to/data python -m tools.mnist_sweep --setup well_posed
+    IMMULIB_DATA=/path/to/data python -m tools.mnist_sweep --setup well_posed --score
     IMMULIB_DATA=/path/to/data python -m tools.mnist_sweep --setup authors --pairs subset
     IMMULIB_DATA=/path/to/data python -m tools.mnist_sweep --setup authors --entries ours_paper r_ill_only
     IMMULIB_DATA=/path/to/data python -m tools.mnist_sweep --setup authors --entries imma constrained --score
@@ -9,7 +9,8 @@ Each (setup, method entry) of :data:`immulib.protocol.GRIDS` is run on the chose
 :func:`immulib.pairs.sweep` at that method's default knobs (Ours (paper): ``policy="paper"``)
 and replaces the rows of the pairs it ran (same setup, entry and seed) in the CSV, which is
 written after every entry (so a partial file is usable). Times on 2 cores, one used: the
-well-posed setup on all 90 pairs ~9 min, the authors' setup on the ten pairs ~30 min with
+well-posed setup on all 90 pairs with ``--score`` ~12 min (~7 min as two processes, the
+entries split between them), the authors' setup on the ten pairs ~30 min with
 ``--score``, Ours (paper) and R_ill only on all 90 pairs of the authors' setup (the third line)
 ~70 min, and IMMA and the constrained method on all 90 pairs with ``--score`` (the fourth line)
 ~65 and ~55 min (each entry's pairs can run in a process of its own, with ``--out`` to a file of
@@ -21,7 +22,8 @@ the steps an attacker needs on the pair's training and test images, beside the i
 targets by chapter 05's rule, and ``max_attack_steps``, the attacker's budget); the authors' setup
 on the ten pairs with ``--score`` (the second line plus ``--score``) and the fourth line with
 other entries are how the file's authors'-setup rows carry those columns, for every method on
-all 90 pairs (one entry takes 38–56 min on one core with ``--score``, Opt κ the longest).
+all 90 pairs (one entry takes 38–56 min on one core with ``--score``, Opt κ the longest); the
+first line carries them for the well-posed rows.
 
 The **fair protocol** (every method tuned by one grid rule, three seeds, all 90 pairs, every θ
 scored by the attacker on the test images) is the other tool, ``python -m tools.mnist_tune
