@@ -95,7 +95,7 @@ def main(argv=None):
             ratios[name].append(t_run / steps / t_eigh)
             if "solver" in info:
                 fallbacks[name] += info["solver"]["fallbacks"]
-                matrices[name] += info["solver"]["calls"] * n_pairs
+                matrices[name] += info["solver"]["matrices"]
     pieces = {
         "eigvalsh": lambda: torch.linalg.eigvalsh(H),
         "lu_factor": lambda: torch.linalg.lu_factor_ex(H),

@@ -331,7 +331,7 @@ class PartialEigensolver:
         self.iters = integer(iters, "iters", 1)
         self.rtol = positive(rtol, "rtol")
         self._v: dict = {}  # (key, name) -> the previous call's vectors (B, D)
-        self.stats = dict(calls=0, vectors=0, fallbacks=0)
+        self.stats = dict(calls=0, matrices=0, vectors=0, fallbacks=0)
 
     def seed(self, key, name, v: torch.Tensor) -> None:
         """Warm-start the vectors ``name`` of ``key`` (B, D)."""
@@ -344,13 +344,18 @@ class PartialEigensolver:
         Hs = H  # LAPACK scales a matrix outside its safe range itself
         lam = torch.linalg.eigvalsh(Hs)
         B, D = lam.shape
-        top = lam.abs().amax(-1)
-        out, ok = {}, torch.isfinite(lam).all(-1)
+        # the per-matrix scalars on the host (numpy; at small D a torch call on a (B,)
+        # tensor costs more than the arithmetic): max|λ|, the shifts, the acceptance test
+        lam_h = lam.numpy() if lam.device.type == "cpu" else lam.cpu().numpy()
+        top = np.abs(lam_h).max(-1)
+        out, ok, rows = {}, np.isfinite(lam_h).all(-1), np.arange(B)
         for name, idx in want.items():
-            mu = torch.gather(lam, -1, idx[:, None])[:, 0]
+            mu = lam_h[rows, idx.cpu().numpy()]
             # H − (μ + 16·eps·max|λ|)·I: the shift on the diagonal of a copy
             shifted = Hs.clone()
-            shifted.diagonal(dim1=-2, dim2=-1).sub_((mu + 16 * _EPS * top)[:, None])
+            shifted.diagonal(dim1=-2, dim2=-1).sub_(
+                torch.from_numpy(mu + 16 * _EPS * top).to(H.device)[:, None]
+            )
             LU, piv, info = torch.linalg.lu_factor_ex(shifted)
             x = self._v.get((key, name))
             if x is None or x.shape != (B, D):
@@ -359,15 +364,20 @@ class PartialEigensolver:
             for _ in range(self.iters):
                 x = torch.linalg.lu_solve(LU, piv, x)
                 x = x / torch.linalg.vector_norm(x, dim=-2, keepdim=True)
-            x = x[..., 0]
             resid = torch.linalg.vector_norm(
-                (Hs @ x[..., None])[..., 0] - mu[:, None] * x, dim=-1
+                torch.baddbmm(
+                    -torch.from_numpy(mu).to(H.device)[:, None, None] * x, Hs, x
+                ),
+                dim=(-2, -1),
             )
-            ok &= torch.isfinite(resid) & (resid <= self.rtol * top)
+            x = x[..., 0]
+            resid = resid.numpy() if resid.device.type == "cpu" else resid.cpu().numpy()
+            ok &= np.isfinite(resid) & (resid <= self.rtol * top)
             out[name] = x
         self.stats["calls"] += 1
+        self.stats["matrices"] += B
         self.stats["vectors"] += B * len(want)
-        bad = torch.nonzero(~ok).flatten()
+        bad = torch.from_numpy(np.flatnonzero(~ok)).to(H.device)
         if len(bad):  # counted fallbacks: a full eigh of those elements
             self.stats["fallbacks"] += len(bad)
             lam_b, V_b = torch.linalg.eigh(Hs[bad])
@@ -434,7 +444,7 @@ class ExtremeEigensolver:
         self.max_iter = integer(max_iter, "max_iter", 1)
         self._X: dict = {}  # key -> (top block, bottom block, their last changes)
         self.stats = dict(
-            calls=0, iterations=0, max_iterations=0, fallbacks=0, cholesky=0
+            calls=0, matrices=0, iterations=0, max_iterations=0, fallbacks=0, cholesky=0
         )
 
     def reset_stats(self) -> None:
@@ -487,6 +497,7 @@ class ExtremeEigensolver:
                 f"H is too small ({D} × {D}) for blocks of {m_top} vectors: use eigh"
             )
         self.stats["calls"] += 1
+        self.stats["matrices"] += B
         s = H.abs().amax(dim=(-2, -1)).clamp_min(torch.finfo(H.dtype).tiny)
         Hs = H / s[:, None, None]
         Xt, Xb, Pt, Pb = self._X.get(key, (None, None, None, None))

@@ -106,8 +106,11 @@ AUTHORS_HOUSE_PRICES: dict[str, object] = dict(
 )
 
 EPS = float(torch.finfo(torch.float64).eps)
-#: the smallest D at which ``solver=None`` picks the partial eigensolver for the policy methods
-#: (measured on a CPU: below it one full eigh per Hessian is faster; ``benchmarks/``)
+#: the smallest D at which ``solver=None`` picks the partial eigensolver for the policy methods.
+#: Below it the engine keeps ``eigh``, although since both Hessians share one solver call the
+#: partial solver is faster there too (House Prices, D = 71: 3.8 against 4.4 eigh-equivalents
+#: a step, measured once on 2 CPU cores): Ours (adaptive) amplifies rounding on House Prices
+#: (chapter 05), so another default solver would move every House Prices result
 PARTIAL_MIN_D = 96
 
 
@@ -227,6 +230,22 @@ class Problem:
         return cls(
             KP, KH[None], KP, (XP.T @ yP)[None], one(yP @ yP), one(len(yP)), bH, cH, NH
         )
+
+
+def _hessians(theta, prob):
+    """θᵀK_Pθ and θᵀK_Hθ stacked, (2, B, D, D), so that what is done to both is one call
+    (each as (θᵀK)θ, bit for bit the products of separate calls)."""
+    raw = theta.new_empty((2, *theta.shape))
+    thT = theta.mT
+    torch.bmm(torch.bmm(thT, prob.KP), theta, out=raw[0])
+    torch.bmm(torch.bmm(thT, prob.KH), theta, out=raw[1])
+    return raw
+
+
+def _split(lam, V):
+    """A stacked decomposition (2B rows: H_P's, then H_H's) as (λ_P, V_P, λ_H, V_H)."""
+    B = lam.shape[0] // 2
+    return lam[:B], V[:B], lam[B:], V[B:]
 
 
 def _sym(A):
@@ -554,8 +573,10 @@ def run(
     row per problem and recorded step (``problem``, ``step``, ``kappa_P``, ``kappa_H`` per
     convention, ``loss_P``), ``info`` a dict (``lam_P``, ``lam_H``: the weights used, per problem;
     ``restoration_steps`` of the constrained method; ``solver``: the extreme solver's counters).
-    Each Hessian is decomposed once per step, and that decomposition serves every term, bound
-    and history entry (θ_0's also the weights and ranks; K_P is decomposed once per run).
+    Each Hessian is decomposed once per step (both in one batched call, so that a step pays
+    the per-call cost once; the same numbers, bit for bit, as two calls), and that
+    decomposition serves every term, bound and history entry (θ_0's also the weights and
+    ranks; K_P is decomposed once per run).
     ``solver``: ``"partial"`` / a :class:`immulib.linalg.PartialEigensolver` (every eigenvalue by
     ``eigvalsh``, and only the eigenvectors the terms read by warm-started inverse iteration:
     v₁ of H_P and v_k of H_H for the policy methods, both ends of each for the others),
@@ -630,9 +651,11 @@ def run(
         )
     eta = positive(eta, "eta")
     # θ_0's Hessians, decomposed once: for the ranks, the weights and the loop's step 0
-    rawP0, rawH0 = theta.mT @ prob.KP @ theta, theta.mT @ prob.KH @ theta
-    lamP0, VP0 = eig(rawP0)
-    lamH0, VH0 = eig(rawH0)
+    raw0 = _hessians(theta, prob)
+    if custom:
+        (lamP0, VP0), (lamH0, VH0) = eig(raw0[0]), eig(raw0[1])
+    else:
+        lamP0, VP0, lamH0, VH0 = _split(*eig(raw0.flatten(0, 1)))
     kP, kH = _rank(lamP0), _rank(lamH0)
     if bool((kH < 2).any()) or bool((kP < 2).any()):
         raise ValueError(
@@ -653,19 +676,21 @@ def run(
             need_H = dict(top=1, top_vectors=0, bottom_vector=True)
         else:
             need_P = need_H = dict(top=1, top_vectors=1, bottom_vector=True)
-    if (
-        partial is not None
-    ):  # the vectors each Hessian's terms read, warm-started from θ_0's
+    if partial is not None:
+        # the vectors each Hessian's terms read, both Hessians in one call (stacked: P's B
+        # rows, then H's), warm-started from θ_0's: of the policy methods v₁ of H_P and v_k of
+        # H_H (one vector each), of the others both ends of each
         top = torch.full((B,), D - 1, dtype=torch.long, device=dev)
-        want_P = (
-            {"top": top} if method in POLICY_METHODS else {"top": top, "at": D - kP}
-        )
-        want_H = (
-            {"at": D - kH} if method in POLICY_METHODS else {"top": top, "at": D - kH}
-        )
-        for key, want, V0 in (("P", want_P, VP0), ("H", want_H, VH0)):
+        if method in POLICY_METHODS:
+            want = {"v": torch.cat([top, D - kH])}
+            partial.seed(
+                "PH", "v", torch.cat([_column(VP0, top), _column(VH0, D - kH)])
+            )
+        else:
+            want = {"top": torch.cat([top, top]), "at": torch.cat([D - kP, D - kH])}
+            V0 = torch.cat([VP0, VH0])
             for name, idx in want.items():
-                partial.seed(key, name, _column(V0, idx))
+                partial.seed("PH", name, _column(V0, idx))
     # K_P decomposed once: κ(K_P) = κ(H_P(I)) (Definition 3.1 (b)) and, constrained, K_P⁺
     if method == "constrained":
         lamK, VK = eig(prob.KP)
@@ -752,20 +777,13 @@ def run(
     )
     omega_t = omega
     for t in range(steps + 1):
-        if t == 0:
-            rawP, rawH = rawP0, rawH0
-        else:
-            thT = theta.mT
-            rawP = torch.bmm(torch.bmm(thT, prob.KP), theta)
-            rawH = torch.bmm(torch.bmm(thT, prob.KH), theta)
+        raw = raw0 if t == 0 else _hessians(theta, prob)  # (2, B, D, D): H_P, H_H
+        rawP, rawH = raw[0], raw[1]
         gu, g_omega, u, Ku = _sup(prob, theta, omega)
         # the largest |entry| of each Hessian: the scale of its decomposition, and (the max
         # propagates NaN, |±inf| = inf) with the loss's gradient the finiteness check
-        absP = rawP.abs().amax(dim=(-2, -1), keepdim=True)
-        absH = rawH.abs().amax(dim=(-2, -1), keepdim=True)
-        if not np.isfinite(
-            _host(torch.cat([absP.flatten(), absH.flatten(), gu.flatten()]))
-        ).all():
+        absmax = raw.abs().amax(dim=(-2, -1), keepdim=True)
+        if not np.isfinite(_host(torch.cat([absmax.flatten(), gu.flatten()]))).all():
             raise FloatingPointError(
                 f"{method} diverged at step {t} (non-finite spectrum or gradient): lower eta={eta:g}"
                 + (
@@ -775,25 +793,35 @@ def run(
                 )
             )
         # symmetric up to rounding; eigh reads one triangle, and the policy step needs no more
-        if method in POLICY_METHODS and t > 0:
-            HP, HH = rawP, rawH
-        else:
-            HP, HH = _sym(rawP), _sym(rawH)
+        Hs = raw if method in POLICY_METHODS and t > 0 else _sym(raw)
+        HP, HH = Hs[0], Hs[1]
         if t == 0:  # the decompositions of θ_0 made above
             sP, sH = _Full(lamP0, VP0, HP), _Full(lamH0, VH0, HH)
         elif t == steps and method != "constrained" and extreme is None:
             # the last iterate is only recorded: its eigenvalues suffice
-            sP = _Full(eigvals(rawP), None, HP)
-            sH = _Full(eigvals(rawH), None, HH)
+            if custom:
+                lam = eigvals(raw[0]), eigvals(raw[1])
+            else:
+                lam = eigvals(raw.flatten(0, 1)).split(B)
+            sP, sH = _Full(lam[0], None, HP), _Full(lam[1], None, HH)
         elif extreme is not None:
             sP = _Extreme(extreme(HP, "P", **need_P), HP)
             sH = _Extreme(extreme(HH, "H", **need_H), HH)
-        elif partial is not None:
-            sP = _Partial(*partial(HP, "P", want_P), HP)
-            sH = _Partial(*partial(HH, "H", want_H), HH)
-        else:
-            sP = _Full(*eig(rawP) if custom else _eig(rawP, HP, absP), HP)
-            sH = _Full(*eig(rawH) if custom else _eig(rawH, HH, absH), HH)
+        elif partial is not None:  # both Hessians in one call
+            lam, vecs = partial(Hs.flatten(0, 1), "PH", want)
+            if method in POLICY_METHODS:
+                vP, vH = {"top": vecs["v"][:B]}, {"at": vecs["v"][B:]}
+            else:
+                vP = {name: v[:B] for name, v in vecs.items()}
+                vH = {name: v[B:] for name, v in vecs.items()}
+            sP, sH = _Partial(lam[:B], vP, HP), _Partial(lam[B:], vH, HH)
+        elif custom:
+            sP, sH = _Full(*eig(rawP), HP), _Full(*eig(rawH), HH)
+        else:  # both Hessians in one batched eigh
+            lamP, VP, lamH, VH = _split(
+                *_eig(raw.flatten(0, 1), Hs.flatten(0, 1), absmax.flatten(0, 1))
+            )
+            sP, sH = _Full(lamP, VP, HP), _Full(lamH, VH, HH)
         if method == "constrained":  # keep the feasible iterate with the largest κ(H_H)
             kH_t = sH.kappa(kH, "pinv")
             feasible = sP.kappa(kP, "pinv") <= kappa_budget * (1 + 1e-9)

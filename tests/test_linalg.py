@@ -225,6 +225,23 @@ def test_extreme_eigensolver_matches_eigh_cold_and_warm_and_counts_fallbacks():
         solver(H, "x", top=3)
 
 
+def test_partial_eigensolver_on_a_stacked_batch_is_bit_for_bit_two_calls():
+    """The engine stacks H_P and H_H into one call: each element's eigenvalues and vectors must
+    be those of a call on its own batch, bit for bit (warm starts included)."""
+    A, B = _spd_batch(1, kappa=1e6), _spd_batch(2, kappa=1e3)
+    D = A.shape[-1]
+    top, low = torch.full((4,), D - 1), torch.full((4,), 0)
+    one, two = linalg.PartialEigensolver(), linalg.PartialEigensolver()
+    for _ in range(2):  # cold, then warm
+        lam, vecs = one(torch.cat([A, B]), "AB", {"v": torch.cat([top, low])})
+        lam_a, va = two(A, "A", {"v": top})
+        lam_b, vb = two(B, "B", {"v": low})
+        assert torch.equal(lam, torch.cat([lam_a, lam_b]))
+        assert torch.equal(vecs["v"], torch.cat([va["v"], vb["v"]]))
+    assert one.stats["matrices"] == two.stats["matrices"] == 16
+    assert one.stats["calls"] == 2 and two.stats["calls"] == 4
+
+
 def test_partial_eigensolver_matches_eigh_on_full_and_singular_batches_and_counts_fallbacks():
     H = _spd_batch(1, kappa=1e8)
     D = H.shape[-1]
@@ -245,7 +262,7 @@ def test_partial_eigensolver_matches_eigh_on_full_and_singular_batches_and_count
             for key, j in (("top", D - 1), ("low", low)):
                 cos = (vecs[key] * V[..., j]).sum(-1).abs()
                 assert float((1 - cos).abs().max()) < 1e-10, (name, key, step)
-        assert solver.stats == dict(calls=2, vectors=16, fallbacks=0)
+        assert solver.stats == dict(calls=2, matrices=8, vectors=16, fallbacks=0)
     # an impossible residual test: every element falls back to eigh, counted, and is exact
     strict = linalg.PartialEigensolver(rtol=1e-300)
     got, vecs = strict(H, "x", {"top": torch.full((4,), D - 1)})
