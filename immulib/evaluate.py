@@ -24,7 +24,8 @@ Two attackers:
   ``fixed_grid`` (default :data:`FIXED_GRID`, c < 2 so every step converges) and keeping the fastest.
 
 A count of ``max_steps + 1`` means "not reached within ``max_steps``" (a lower bound on the
-true count, not a measurement). On "held-out" rows the attacker fits its probe on those rows
+true count, not a measurement); :func:`steps_text` and :func:`ratio_text` write counts and ratios
+so that such a bound is never shown as a measurement. On "held-out" rows the attacker fits its probe on those rows
 (data the defender never saw): the question is whether the immunization carries over to fresh
 data from the same task.
 
@@ -50,7 +51,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._validate import as_float64, choice, integer, nonneg, number, rows_targets
+from ._validate import as_float64, choice, flag, integer, nonneg, number, rows_targets
 from .linalg import CONVENTIONS
 from .metrics import rir
 
@@ -62,8 +63,10 @@ __all__ = [
     "compress",
     "error_spectrum",
     "identity_targets",
+    "ratio_text",
     "score",
     "score_table",
+    "steps_text",
 ]
 
 #: The fixed-step attacker's grid: η = c/λ_max(FᵀF) for c in this tuple.
@@ -501,3 +504,76 @@ def score_table(thetas: Mapping[str, object], XP, yP, XH, yH, **kwargs) -> pd.Da
     for c in STEP_COLUMNS:
         table[c + "_vs_identity"] = table[c] / table.loc["identity", c]
     return table
+
+
+# ---------------------------------------------------------------------------------------------
+# step counts as a reader should see them: a count past the budget is a bound, not a measurement
+
+
+def _counts(x, name: str, max_steps: int, one: bool = False) -> np.ndarray:
+    """``x`` (one count, or unless ``one`` a 1-D sequence of them) as an int array, each in
+    [0, max_steps + 1]."""
+    if isinstance(x, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"{name} must be a step count or a sequence of them, got {x!r}")
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must be a step count or a sequence of them, got {type(x).__name__}"
+        ) from None
+    if one and a.ndim:
+        raise ValueError(f"{name} must be one step count, got shape {a.shape}")
+    if a.ndim > 1 or a.size == 0:
+        raise ValueError(
+            f"{name} must be one count or a non-empty 1-D sequence of them"
+        )
+    if not (
+        np.isfinite(a) & (a == np.round(a)) & (a >= 0) & (a <= max_steps + 1)
+    ).all():
+        raise ValueError(
+            f"{name} must hold step counts of attack_steps/score with max_steps={max_steps}: "
+            f"integers in [0, {max_steps + 1}] ({max_steps + 1} = not reached), got {x!r}"
+        )
+    return a.astype(np.int64).reshape(-1)
+
+
+def steps_text(steps, max_steps: int) -> str:
+    """A step count of :func:`attack_steps` / :func:`score` as text: ``">max_steps"`` where it is
+    ``max_steps + 1`` (the target was not reached within the budget), else the count.
+
+    Chapter: {ref}`ch-optimal`.
+    """
+    max_steps = integer(max_steps, "max_steps", minimum=1)
+    (n,) = _counts(steps, "steps", max_steps, one=True)
+    return f">{max_steps}" if n > max_steps else str(int(n))
+
+
+def ratio_text(steps, base, max_steps: int, *, words: bool = False) -> str:
+    """``steps / base`` (e.g. a method's steps over the identity's) as text, to 3 significant
+    digits, marked where the budget censors it.
+
+    A count of ``max_steps + 1`` means "more than ``max_steps``", so the ratio is then a bound:
+    ``"≥r"`` ("at least r" with ``words``) where only ``steps`` missed the target, ``"≤r"`` ("at
+    most r") where only ``base`` did, and ``"–"`` ("not determined") where both did.
+    ``steps`` may be the counts of several runs against the same ``base``: their median is shown,
+    a bound when a middle count is censored (half of the runs or more missed).
+
+    Chapter: {ref}`ch-optimal`.
+    """
+    max_steps = integer(max_steps, "max_steps", minimum=1)
+    words = flag(words, "words")
+    counts = np.sort(_counts(steps, "steps", max_steps))
+    (b,) = _counts(base, "base", max_steps, one=True)
+    if b == 0:
+        raise ValueError("base must be >= 1 (a ratio to 0 steps is not defined), got 0")
+    m = len(counts)
+    middle = counts[(m - 1) // 2 : m // 2 + 1]  # one count (odd m) or two (even m)
+    missed, base_missed = bool(middle[-1] > max_steps), bool(b > max_steps)
+    if missed and base_missed:
+        return "not determined" if words else "–"
+    r = f"{middle.mean() / b:.3g}"
+    if missed:
+        return ("at least " if words else "≥") + r
+    if base_missed:
+        return ("at most " if words else "≤") + r
+    return r

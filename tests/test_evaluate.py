@@ -390,3 +390,82 @@ def test_compressed_rows_pose_the_same_probe_and_score_the_same():
         evaluate.compress(few, np.ones(5))
     with pytest.raises(TypeError, match="X must be"):
         evaluate.compress("rows", np.ones(4))
+
+
+def test_steps_text_marks_the_budget_and_keeps_measured_counts():
+    assert evaluate.steps_text(0, 3000) == "0"
+    assert evaluate.steps_text(np.int64(57), 3000) == "57"
+    assert evaluate.steps_text(57.0, 3000) == "57"  # pandas holds counts as floats
+    assert evaluate.steps_text(3000, 3000) == "3000"
+    assert evaluate.steps_text(3001, 3000) == ">3000"
+    # what attack_steps returns for an unreachable target reads as a miss
+    X, y = _data(np.random.default_rng(0), 60, 8, 3.0)
+    got = evaluate.attack_steps(X, y, target=1e-12, max_steps=5)
+    assert got["exact"] == 6 and evaluate.steps_text(got["exact"], 5) == ">5"
+
+
+def test_ratio_text_marks_each_censored_case():
+    assert evaluate.ratio_text(30, 10, 3000) == "3"
+    assert evaluate.ratio_text(3001, 10, 3000) == "≥300"
+    assert evaluate.ratio_text(3001, 10, 3000, words=True) == "at least 300"
+    assert evaluate.ratio_text(10, 3001, 3000) == "≤0.00333"
+    assert evaluate.ratio_text(10, 3001, 3000, words=True) == "at most 0.00333"
+    assert evaluate.ratio_text(3001, 3001, 3000) == "–"
+    assert evaluate.ratio_text(3001, 3001, 3000, words=True) == "not determined"
+    # several runs: the median, a bound exactly when a middle count is censored
+    assert evaluate.ratio_text([10, 20, 30, 3001], 10, 3000) == "2.5"
+    assert evaluate.ratio_text([10, 20, 3001, 3001], 10, 3000) == "≥151"
+    assert evaluate.ratio_text([10, 3001, 3001], 10, 3000) == "≥300"
+    assert evaluate.ratio_text([10, 20, 3001], 10, 3000) == "2"
+
+
+def test_ratio_text_is_exact_when_unmarked_and_a_lower_bound_when_marked():
+    """Replace every censored count by any true count past the budget: an unmarked median
+    ratio does not move, and a "≥" one never exceeds the true median ratio."""
+    rng = np.random.default_rng(1)
+    M = 100
+    marked = unmarked = 0
+    for _ in range(400):
+        n = int(rng.integers(1, 8))
+        counts = rng.integers(1, M + 1, n)
+        counts[rng.random(n) < rng.random()] = M + 1
+        base = int(rng.integers(1, M + 1))
+        text = evaluate.ratio_text(counts, base, M)
+        true = np.where(counts > M, rng.integers(M + 1, 50 * M, n), counts)
+        true_ratio = np.median(true / base)
+        if text.startswith("≥"):
+            marked += 1
+            assert float(text[1:]) <= true_ratio * (1 + 5e-3)
+        else:
+            unmarked += 1
+            assert float(text) == pytest.approx(true_ratio, rel=5e-3)
+            assert text == evaluate.ratio_text(np.minimum(counts, M + 1), base, M)
+    assert marked > 50 and unmarked > 50  # both cases exercised
+
+
+def test_count_texts_bad_input():
+    with pytest.raises(ValueError, match=r"steps must hold step counts .* \[0, 3001\]"):
+        evaluate.steps_text(3002, 3000)
+    for bad in (-1, 2.5, math.nan, math.inf):
+        with pytest.raises(ValueError, match="steps"):
+            evaluate.steps_text(bad, 3000)
+    with pytest.raises(TypeError, match="steps"):
+        evaluate.steps_text("12", 3000)
+    with pytest.raises(TypeError, match="steps"):
+        evaluate.steps_text(True, 3000)
+    with pytest.raises(ValueError, match="steps"):
+        evaluate.steps_text([1, 2], 3000)  # one count only
+    with pytest.raises(TypeError, match="max_steps"):
+        evaluate.steps_text(5, 3000.0)
+    with pytest.raises(ValueError, match="max_steps"):
+        evaluate.ratio_text(5, 5, 0)
+    with pytest.raises(ValueError, match="base must be >= 1"):
+        evaluate.ratio_text(5, 0, 3000)
+    with pytest.raises(ValueError, match="base"):
+        evaluate.ratio_text(5, [5, 6], 3000)
+    with pytest.raises(ValueError, match="non-empty"):
+        evaluate.ratio_text([], 5, 3000)
+    with pytest.raises(ValueError, match="1-D"):
+        evaluate.ratio_text(np.ones((2, 2)), 5, 3000)
+    with pytest.raises(TypeError, match="words"):
+        evaluate.ratio_text(5, 5, 3000, words=1)
