@@ -5,10 +5,13 @@ formed in float64 from float32 features (:func:`feature_gram`). The methods (:da
 
 * ``"ours"``: L(D_P) + λ_P · R_well(H̃_P) + λ_H · R_ill(H̃_H) (Eq. (11)) with the closed-form
   regularizers of :mod:`immulib.regularizers`. R_ill's k is min(B, D_hid), the rank of a B-sample
-  Gram matrix in general position (the paper's k = rank); the authors' code uses k = D_hid, which
-  for B < D_hid puts σ_k = 0 in from the start. As in their deep-net code there is no K⁻¹
-  preconditioning: the gradient reaches the block through ordinary backpropagation.
-* ``"r_ill_only"``: λ_P = 0 but the supervised loss is kept (the authors' ``max_only``);
+  Gram matrix in general position (the paper's k = rank); the authors' code uses the last
+  dimension of the input batch (224 for their images) and σ_k from H̃ + 10⁻⁶I, on a mini-batch
+  a null direction lifted to 10⁻⁶ (book chapter "The paper and its released code", item 13).
+  As in their deep-net code there is no K⁻¹ preconditioning: the gradient reaches the block
+  through ordinary backpropagation.
+* ``"r_ill_only"``: λ_P = 0 but the supervised loss is kept (the ``max_only`` option of the
+  authors' ``ImmuLoss``, a class their entry point does not use);
 * ``"imma"``: bi-level, after IMMA (Zheng & Yeh, 2024): ``inner_steps`` differentiable gradient
   steps of a zero-initialised linear probe on the harmful batch, and the outer level minimises
   L(D_P) − λ_H · (harmful loss after those steps);

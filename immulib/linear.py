@@ -618,7 +618,7 @@ def run(
     if (
         solver is None
     ):  # the policy step reads two eigenvectors (the others four): below
-        # PARTIAL_MIN_D a full eigh costs less than the partial solver's many small calls
+        # PARTIAL_MIN_D eigh stays the default, so that House Prices results do not move
         solver = (
             "partial"
             if method in POLICY_METHODS and prob.D >= PARTIAL_MIN_D

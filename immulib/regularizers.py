@@ -258,7 +258,8 @@ def r_ill(S, *, k: int | None = None) -> torch.Tensor:
     k
         The rank of S, as the paper defines it: σ_k is the smallest *nonzero* singular value.
         ``None`` (default) uses :func:`immulib.linalg.numerical_rank` (numpy's ``matrix_rank``
-        rule). The authors' deep-net code uses the dimension instead; pass ``k=S.shape[0]`` for that.
+        rule). The authors' released code uses the last dimension of its *input* batch and
+        σ_min = 10⁻⁶ on a mini-batch (book chapter "The paper and its released code", item 13).
 
     Returns
     -------

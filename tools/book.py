@@ -7,8 +7,9 @@ key of a chapter is the source of its code cells, so an unchanged chapter is not
 again: ``make book`` after ``make test`` (or a second ``make test``) only re-renders.
 
 The cache knows nothing about the library the chapters import, so :func:`refresh_cache`
-empties it whenever ``immulib/``, the configuration, the requirements or ``book/data`` change
-(a fingerprint of their contents is stored beside the cache). A fresh checkout (CI) has no
+empties it whenever ``immulib/``, the configuration, the requirements, ``book/data`` or
+``benchmarks/`` (whose scripts and recorded GPU figures the Performance page shows) change (a
+fingerprint of their contents is stored beside the cache). A fresh checkout (CI) has no
 cache and executes everything.
 
 Sphinx reads the pages one after another, so it would execute them on one core. Before it
@@ -42,7 +43,14 @@ ROOT = Path(__file__).resolve().parent.parent
 #: the cache, so re-reading costs seconds per chapter, not its run time.
 BUILD_FLAGS = ["--builder", "html", "-W", "-n", "--keep-going", "--all"]
 #: What the chapters' results depend on besides their own code cells.
-FINGERPRINTED = ["immulib", "_config.yml", "_toc.yml", "requirements.txt", "book/data"]
+FINGERPRINTED = [
+    "immulib",
+    "_config.yml",
+    "_toc.yml",
+    "requirements.txt",
+    "book/data",
+    "benchmarks",
+]
 
 
 #: Processes that execute chapters at once before the build (the project's machines have 2 cores).
