@@ -14,8 +14,10 @@ Methods (what is optimised):
   never formed);
 * ``"r_well_only"`` / ``"r_ill_only"``: the same with λ_H = 0 / λ_P = 0 (the ablations);
 * ``"constrained"`` (this book's protective variant): maximise log κ(H_H) while holding
-  κ(H_P) ≤ κ(K_P) (Definition 3.1 (b)), by Adam on log κ(H_H) − β·max(0, log κ(H_P) − log κ(K_P))²
-  followed by guaranteed R_well steps (Theorem 4.3 (1)) until the constraint holds;
+  κ(H_P) ≤ κ(K_P) (Definition 3.1 (b)): K_P⁺-preconditioned steps on log κ(H_H) −
+  β·max(0, log κ(H_P) − log κ(K_P))², normalised (‖Δθ‖_F = η‖θ‖_F) with η decaying linearly to
+  0, the best feasible iterate kept, then R_well steps within the safe bound of
+  :func:`immulib.regularizers.safe_step_r_well` until the constraint holds;
 * ``"opt_kappa"``: Adam on L(D_P) + μ(log κ(H_P) − log κ(H_H)) (closed-form gradients);
 * ``"imma"``: Adam on L(D_P) − μ·L_H(w_T), w_T the attacker's probe after ``inner_steps``
   unrolled, differentiable gradient steps (needs the harmful targets).
@@ -140,8 +142,8 @@ POLICIES: dict[str, Policy] = {
     ),
     "adaptive": Policy(
         "adaptive",
-        "each regularizer step sized by its own bound at θ_t: R_well ρ·the "
-        "Theorem 4.3 (1) bound, R_ill min(ρ·the Theorem 4.3 (2) bound, trust region δ)",
+        "each regularizer step sized by its own bound at θ_t: R_well ρ·the safe bound "
+        "(safe_step_r_well), R_ill min(ρ·the Theorem 4.3 (2) bound, trust region δ)",
         "gd",
         True,
         1e-3,
@@ -472,8 +474,9 @@ def _g_ill(s, k, H=None):
 
 
 def _bound_well(s1, s2, smin, p):
-    """The Theorem 4.3 (1) step bound (immulib.regularizers.safe_step_r_well) from σ₁, σ₂ and
-    σ_k of each problem, on the host (numpy arrays)."""
+    """The safe R_well step bound (immulib.regularizers.safe_step_r_well, which replaces the
+    transcribed Theorem 4.3 (1) bound) from σ₁, σ₂ and σ_k of each problem, on the host
+    (numpy arrays)."""
     with np.errstate(all="ignore"):  # as torch: inf/NaN flow on to the divergence check
         s2, smin = np.maximum(s2, 0.0), np.maximum(smin, 0.0)
         first = (1 - np.sqrt(smin / s1)) / (2 * s1 * (1 - 1 / p))
@@ -1039,7 +1042,8 @@ def _imma_grad(prob, theta, omega, mu, inner_steps, kH):
 
 
 def _restore(theta, prob, kP, budget, rho, eig, max_steps: int = 10_000):
-    """Guaranteed R_well steps (Theorem 4.3 (1) bound) until κ(H_P) ≤ the budget, per problem."""
+    """R_well steps within the safe bound (which replaces the transcribed Theorem 4.3 (1)
+    bound) until κ(H_P) ≤ the budget, per problem."""
     counts = [0] * theta.shape[0]
     for _ in range(max_steps):
         lam, V = eig(theta.mT @ prob.KP @ theta)

@@ -204,7 +204,9 @@ def rir_ceiling(
     """The largest relative immunization ratio (Eq. (15)) any invertible θ can reach.
 
     RIR(θ) = [κ(H_H(θ))/κ(H_P(θ))]·κ(K_P)/κ(K_H) ≤ κ(K_P⁻¹K_H)·κ(K_P)/κ(K_H), with equality at
-    :func:`optimal_theta`.
+    :func:`optimal_theta`; κ(K_P⁻¹K_H) here is the spread μ_max/μ_min of the generalized
+    eigenvalues of (K_H, K_P), not Eq. (1)'s ratio of singular values of the non-symmetric
+    product (which can be larger).
 
     Chapter: {ref}`ch-optimal`.
 
