@@ -25,9 +25,9 @@ Two attackers:
 
 A count of ``max_steps + 1`` means "not reached within ``max_steps``" (a lower bound on the
 true count, not a measurement); :func:`steps_text` and :func:`ratio_text` write counts and ratios
-so that such a bound is never shown as a measurement. On "held-out" rows the attacker fits its probe on those rows
-(data the defender never saw): the question is whether the immunization carries over to fresh
-data from the same task.
+so that such a bound is never shown as a measurement. On "held-out" rows the attacker fits its
+probe on those rows (data the defender never saw): the question is whether the immunization
+carries over to fresh data from the same task.
 
 How it is fast
 --------------

@@ -143,7 +143,7 @@ POLICIES: dict[str, Policy] = {
     "adaptive": Policy(
         "adaptive",
         "each regularizer step sized by its own bound at θ_t: R_well ρ·the safe bound "
-        "(safe_step_r_well), R_ill min(ρ·the Theorem 4.3 (2) bound, trust region δ)",
+        "(safe_step_r_well), R_ill min(ρ·its derived bound (max_step_r_ill), trust region δ)",
         "gd",
         True,
         1e-3,
