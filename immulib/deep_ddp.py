@@ -23,7 +23,8 @@ autocast off. The backend is NCCL on CUDA and gloo otherwise. Rank 0 saves the i
 
 ``--evaluate``: rank 0 then measures RIR_θ0 (:func:`immulib.deep_eval.rir_theta0`, ``--n-groups``
 groups of ``--group-size``) on the training splits and runs the attackers of
-:func:`immulib.deep_eval.attack_curves` on the held-out D_H split, and writes them to ``--out``
+:func:`immulib.deep_eval.attack_curves`, trained on the D_H training split and scored on its
+test split, and writes them to ``--out``
 with ``.eval.json``. The same evaluation runs later with ``python -m immulib.deep_ddp
 --evaluate-only`` and the same arguments (it loads ``--out`` instead of training).
 

@@ -24,8 +24,8 @@ Two attackers:
   ``fixed_grid`` (default :data:`FIXED_GRID`, c < 2 so every step converges) and keeping the fastest.
 
 A count of ``max_steps + 1`` means "not reached within ``max_steps``" (a lower bound on the
-true count, not a measurement); :func:`steps_text` and :func:`ratio_text` write counts and ratios
-so that such a bound is never shown as a measurement. On "held-out" rows the attacker fits its
+true count, not a measurement); :func:`steps_text`, :func:`ratio_text` and :func:`median_text`
+write counts, ratios and medians of ratios so that such a bound is never shown as a measurement. On "held-out" rows the attacker fits its
 probe on those rows (data the defender never saw): the question is whether the immunization
 carries over to fresh data from the same task.
 
@@ -63,6 +63,7 @@ __all__ = [
     "compress",
     "error_spectrum",
     "identity_targets",
+    "median_text",
     "ratio_text",
     "score",
     "score_table",
@@ -577,3 +578,72 @@ def ratio_text(steps, base, max_steps: int, *, words: bool = False) -> str:
     if base_missed:
         return ("at most " if words else "≤") + r
     return r
+
+
+def _bound_mask(mask, name: str, n: int) -> np.ndarray:
+    if mask is None:
+        return np.zeros(n, dtype=bool)
+    m = np.asarray(mask)
+    if m.dtype != np.bool_:
+        raise TypeError(f"{name} must be a boolean mask, got dtype {m.dtype}")
+    if m.shape != (n,):
+        raise ValueError(f"{name} must have the shape of values ({n},), got {m.shape}")
+    return m
+
+
+def median_text(values, *, lower=None, upper=None, words: bool = False) -> str:
+    """The median of ``values`` as text (3 significant digits), marked where a censored value
+    can move it: e.g. per-pair step ratios against each pair's own identity count, some of
+    whose counts missed the target.
+
+    ``lower`` (boolean mask) marks the values that are only lower bounds (the true value is at
+    least the one given: a count of ``max_steps + 1`` on top of a ratio), ``upper`` those that
+    are only upper bounds (the count below the ratio missed). Sorted, the median is the middle
+    value (or the mean of the two middle ones); it is exact when no bound can move a middle
+    value, i.e. every lower bound lies above the middle and every upper bound below it, since
+    raising the first and lowering the second then leave the middle where it is. Otherwise it
+    is shown as ``"≥m"`` ("at least m" with ``words``) when only lower bounds can move it, where
+    the true median is at least m; ``"≤m"`` ("at most m") when only upper bounds can; ``"–"``
+    ("not determined") when both can. With one value this is :func:`ratio_text`'s rule.
+
+    Chapter: {ref}`ch-mnist-pairs`.
+    """
+    words = flag(words, "words")
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"values must be a 1-D sequence of numbers, got {values!r}")
+    try:
+        v = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"values must be a 1-D sequence of numbers, got {type(values).__name__}"
+        ) from None
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError(
+            f"values must be a non-empty 1-D sequence, got shape {v.shape}"
+        )
+    if not np.isfinite(v).all():
+        raise ValueError("values must be finite (NaN has no place in a median)")
+    lo_b = _bound_mask(lower, "lower", v.size)
+    up_b = _bound_mask(upper, "upper", v.size)
+    if (lo_b & up_b).any():
+        raise ValueError(
+            "a value cannot be both a lower and an upper bound (its count and its base both "
+            "missed: leave it out, or mark it as not determined)"
+        )
+    # ties: a lower bound sorts after the equal values, an upper bound before them, so that
+    # a bound counts as in the middle only where moving it can move the median
+    order = np.lexsort((lo_b.astype(int) - up_b.astype(int), v))
+    n = v.size
+    mid = order[(n - 1) // 2 : n // 2 + 1]
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = np.arange(n)
+    up_moves = bool((pos[lo_b] <= n // 2).any())  # a lower bound at or below the middle
+    down_moves = bool((pos[up_b] >= (n - 1) // 2).any())
+    if up_moves and down_moves:
+        return "not determined" if words else "–"
+    m = f"{v[mid].mean():.3g}"
+    if up_moves:
+        return ("at least " if words else "≥") + m
+    if down_moves:
+        return ("at most " if words else "≤") + m
+    return m

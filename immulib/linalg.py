@@ -339,10 +339,13 @@ class PartialEigensolver:
 
     def __call__(self, H: torch.Tensor, key, want: dict):
         """(eigenvalues ascending (B, D), {name: eigenvector (B, D)}) of the symmetric ``H``
-        (its lower triangle is read for the eigenvalues, all of it for the vectors); ``want``
+        (its upper triangle is read for the eigenvalues, all of it for the vectors: the
+        vectors are those of Hᵀ, equal to H up to rounding); ``want``
         maps a name to the index (B,) of its eigenvalue in ascending order."""
         Hs = H  # LAPACK scales a matrix outside its safe range itself
-        lam = torch.linalg.eigvalsh(Hs)
+        # LAPACK works on a column-major copy: of the transposed view (the upper triangle,
+        # equal to the lower one up to rounding) that copy is a plain memcpy, not a transpose
+        lam = torch.linalg.eigvalsh(Hs.mT)
         B, D = lam.shape
         # the per-matrix scalars on the host (numpy; at small D a torch call on a (B,)
         # tensor costs more than the arithmetic): max|λ|, the shifts, the acceptance test
@@ -351,12 +354,20 @@ class PartialEigensolver:
         out, ok, rows = {}, np.isfinite(lam_h).all(-1), np.arange(B)
         for name, idx in want.items():
             mu = lam_h[rows, idx.cpu().numpy()]
-            # H − (μ + 16·eps·max|λ|)·I: the shift on the diagonal of a copy
-            shifted = Hs.clone()
+            # Hᵀ − (μ + 16·eps·max|λ|)·I (Hᵀ = H up to rounding): the shift on the diagonal of
+            # a column-major copy, factorised in place (no second copy of the batch)
+            shifted = Hs.mT.clone()
             shifted.diagonal(dim1=-2, dim2=-1).sub_(
                 torch.from_numpy(mu + 16 * _EPS * top).to(H.device)[:, None]
             )
-            LU, piv, info = torch.linalg.lu_factor_ex(shifted)
+            LU, piv, info = torch.linalg.lu_factor_ex(
+                shifted,
+                out=(
+                    shifted,
+                    torch.empty(B, D, dtype=torch.int32, device=H.device),
+                    torch.empty(B, dtype=torch.int32, device=H.device),
+                ),
+            )
             x = self._v.get((key, name))
             if x is None or x.shape != (B, D):
                 x = torch.ones(B, D, dtype=H.dtype, device=H.device)

@@ -254,12 +254,21 @@ def _sym(A):
     return (A + A.mT) / 2
 
 
+def _absmax(A):
+    """max |A| over each matrix (keepdim), NaN if it holds one: from its largest and its
+    smallest entry, two reads of A and no |A| written (the same number, bit for bit)."""
+    dims = (-2, -1)
+    return torch.maximum(
+        A.amax(dim=dims, keepdim=True), -A.amin(dim=dims, keepdim=True)
+    )
+
+
 def _eig(H, Hs=None, absmax=None):
     """Eigenvalues (ascending) and eigenvectors of a batch of symmetric matrices, scaled for
     stability (κ and the eigenvectors are scale-free; the eigenvalues are scaled back).
     ``Hs``: _sym(H), ``absmax``: max |H| per matrix (keepdim), when the caller has them."""
     if absmax is None:
-        absmax = H.abs().amax(dim=(-2, -1), keepdim=True)
+        absmax = _absmax(H)
     s = absmax.clamp_min(torch.finfo(H.dtype).tiny)
     lam, V = torch.linalg.eigh((_sym(H) if Hs is None else Hs) / s)
     return lam * s[..., 0], V
@@ -785,7 +794,7 @@ def run(
         gu, g_omega, u, Ku = _sup(prob, theta, omega)
         # the largest |entry| of each Hessian: the scale of its decomposition, and (the max
         # propagates NaN, |±inf| = inf) with the loss's gradient the finiteness check
-        absmax = raw.abs().amax(dim=(-2, -1), keepdim=True)
+        absmax = _absmax(raw)
         if not np.isfinite(_host(torch.cat([absmax.flatten(), gu.flatten()]))).all():
             raise FloatingPointError(
                 f"{method} diverged at step {t} (non-finite spectrum or gradient): lower eta={eta:g}"

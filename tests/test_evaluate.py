@@ -469,3 +469,86 @@ def test_count_texts_bad_input():
         evaluate.ratio_text(np.ones((2, 2)), 5, 3000)
     with pytest.raises(TypeError, match="words"):
         evaluate.ratio_text(5, 5, 3000, words=1)
+
+
+def test_median_text_marks_a_median_that_a_censored_value_can_move():
+    assert (
+        evaluate.median_text([1.0, 2.0, 30.0], lower=np.array([0, 0, 1], bool)) == "2"
+    )
+    assert (
+        evaluate.median_text([1.0, 30.0, 30.0], lower=np.array([0, 1, 1], bool))
+        == "≥30"
+    )
+    assert (
+        evaluate.median_text(
+            [1.0, 30.0, 30.0], lower=np.array([0, 1, 1], bool), words=True
+        )
+        == "at least 30"
+    )
+    # even n: the mean of the two middle values, moved by a bound at either
+    assert (
+        evaluate.median_text([1.0, 2.0, 3.0, 30.0], lower=np.array([0, 0, 0, 1], bool))
+        == "2.5"
+    )
+    assert (
+        evaluate.median_text([1.0, 2.0, 30.0, 30.0], lower=np.array([0, 0, 1, 1], bool))
+        == "≥16"
+    )
+    assert evaluate.median_text([0.1, 2.0, 3.0], upper=np.array([1, 0, 0], bool)) == "2"
+    assert (
+        evaluate.median_text([0.1, 0.1, 3.0], upper=np.array([1, 1, 0], bool)) == "≤0.1"
+    )
+    both = dict(lower=np.array([1, 0], bool), upper=np.array([0, 1], bool))
+    assert evaluate.median_text([1.0, 2.0], **both) == "–"
+    assert evaluate.median_text([1.0, 2.0], **both, words=True) == "not determined"
+    # bounds at both ends, pointing away from the middle: exact
+    ends = dict(lower=np.array([0, 0, 1], bool), upper=np.array([1, 0, 0], bool))
+    assert evaluate.median_text([1.0, 1.0, 1.0], **ends) == "1"
+    # a lower bound tied with the middle value but sorted above it cannot move it
+    assert evaluate.median_text([1.0, 2.0, 2.0], lower=np.array([0, 1, 0], bool)) == "2"
+    # one value: ratio_text's rule
+    assert evaluate.median_text([300.1], lower=np.array([True])) == evaluate.ratio_text(
+        3001, 10, 3000
+    )
+    assert evaluate.median_text([2.0]) == "2"
+
+
+def test_median_text_is_exact_when_unmarked_and_a_bound_when_marked():
+    """Move every bound by any amount in its allowed direction: an unmarked median does not
+    move, a "≥" one never exceeds the true median, a "≤" one is never below it."""
+    rng = np.random.default_rng(2)
+    seen = {"": 0, "≥": 0, "≤": 0, "–": 0}
+    for _ in range(600):
+        n = int(rng.integers(1, 9))
+        v = rng.choice([0.5, 1.0, 2.0, 3.0, rng.random() * 4], n)  # ties on purpose
+        kind = rng.integers(0, 3, n) * (rng.random(n) < rng.random())
+        lower, upper = kind == 1, kind == 2
+        text = evaluate.median_text(v, lower=lower, upper=upper)
+        true = v.copy()
+        true[lower] += rng.exponential(3.0, lower.sum())
+        true[upper] *= rng.random(upper.sum())
+        tm = np.median(true)
+        mark = text[0] if text[0] in "≥≤–" else ""
+        seen[mark] += 1
+        if mark == "":
+            assert abs(float(text) - tm) <= 5e-3 * abs(tm)
+        elif mark == "≥":
+            assert float(text[1:]) <= tm * (1 + 5e-3)
+        elif mark == "≤":
+            assert float(text[1:]) >= tm * (1 - 5e-3)
+    assert min(seen.values()) > 10, seen  # every case was exercised
+
+
+def test_median_text_rejects_what_is_not_a_masked_sample():
+    with pytest.raises(ValueError, match="values"):
+        evaluate.median_text([])
+    with pytest.raises(ValueError, match="finite"):
+        evaluate.median_text([1.0, float("nan")])
+    with pytest.raises(TypeError, match="values"):
+        evaluate.median_text("12")
+    with pytest.raises(TypeError, match="lower"):
+        evaluate.median_text([1.0, 2.0], lower=[0, 1])
+    with pytest.raises(ValueError, match="upper"):
+        evaluate.median_text([1.0, 2.0], upper=np.array([True]))
+    with pytest.raises(ValueError, match="both"):
+        evaluate.median_text([1.0], lower=np.array([True]), upper=np.array([True]))
