@@ -570,14 +570,20 @@ def ratio_text(steps, base, max_steps: int, *, words: bool = False) -> str:
     m = len(counts)
     middle = counts[(m - 1) // 2 : m // 2 + 1]  # one count (odd m) or two (even m)
     missed, base_missed = bool(middle[-1] > max_steps), bool(b > max_steps)
-    if missed and base_missed:
+    return _marked(middle.mean() / b, missed, base_missed, words)
+
+
+def _marked(value: float, up: bool, down: bool, words: bool) -> str:
+    """``value`` to 3 significant digits, marked as a lower bound where only ``up`` (the truth
+    can be larger), an upper bound where only ``down``, and as not determined where both."""
+    if up and down:
         return "not determined" if words else "–"
-    r = f"{middle.mean() / b:.3g}"
-    if missed:
-        return ("at least " if words else "≥") + r
-    if base_missed:
-        return ("at most " if words else "≤") + r
-    return r
+    text = f"{value:.3g}"
+    if up:
+        return ("at least " if words else "≥") + text
+    if down:
+        return ("at most " if words else "≤") + text
+    return text
 
 
 def _bound_mask(mask, name: str, n: int) -> np.ndarray:
@@ -609,20 +615,7 @@ def median_text(values, *, lower=None, upper=None, words: bool = False) -> str:
     Chapter: {ref}`ch-mnist-pairs`.
     """
     words = flag(words, "words")
-    if isinstance(values, (str, bytes)):
-        raise TypeError(f"values must be a 1-D sequence of numbers, got {values!r}")
-    try:
-        v = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"values must be a 1-D sequence of numbers, got {type(values).__name__}"
-        ) from None
-    if v.ndim != 1 or v.size == 0:
-        raise ValueError(
-            f"values must be a non-empty 1-D sequence, got shape {v.shape}"
-        )
-    if not np.isfinite(v).all():
-        raise ValueError("values must be finite (NaN has no place in a median)")
+    v = as_float64(values, "values", ndim=1).cpu().numpy()
     lo_b = _bound_mask(lower, "lower", v.size)
     up_b = _bound_mask(upper, "upper", v.size)
     if (lo_b & up_b).any():
@@ -639,11 +632,4 @@ def median_text(values, *, lower=None, upper=None, words: bool = False) -> str:
     pos[order] = np.arange(n)
     up_moves = bool((pos[lo_b] <= n // 2).any())  # a lower bound at or below the middle
     down_moves = bool((pos[up_b] >= (n - 1) // 2).any())
-    if up_moves and down_moves:
-        return "not determined" if words else "–"
-    m = f"{v[mid].mean():.3g}"
-    if up_moves:
-        return ("at least " if words else "≥") + m
-    if down_moves:
-        return ("at most " if words else "≤") + m
-    return m
+    return _marked(v[mid].mean(), up_moves, down_moves, words)
