@@ -29,7 +29,7 @@ help: ## this list
 	@echo "make TARGET   (times measured on 2 CPU cores; see CONTRIBUTING.md)"
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  \1\t/' | expand -t 12
 
-install: $(STAMP) ## create .venv and install immulib, the book and the test tools (~5 min once)
+install: $(STAMP) ## create .venv and install immulib, the book and the test tools (~2.5 min once)
 
 $(STAMP): requirements.txt pyproject.toml constraints/cpu.txt tools/install.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

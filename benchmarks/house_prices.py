@@ -17,7 +17,7 @@ prints the medians of the ratios, and beside them the same ratio for a bare loop
 cannot avoid (θᵀK_Pθ, θᵀK_Hθ, an eigh of each, θ − θC): the floor of any engine built from
 these torch calls. The last line is the headline: the largest ratio of a step
 of Ours (adaptive) over one ``eigh``, and the largest at D ≥ 256. ``--quick`` finishes in about
-a minute on 2 CPU cores.
+10 s on 2 CPU cores. It runs on the CPU only (its problems are CPU tensors).
 
     python -m benchmarks.house_prices [--quick]
 """
@@ -107,7 +107,7 @@ def _floor(prob, steps, repeats):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="small sizes and few repeats (~ 1 min)"
+        "--quick", action="store_true", help="small sizes and few repeats (~10 s)"
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -44,7 +44,11 @@ from immulib.linalg import ExtremeEigensolver, PartialEigensolver
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="10 pairs, 8 steps")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="10 pairs, 100 steps, 2 repeats (about a minute)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--pairs", type=int, help="number of pairs (overrides the mode)"

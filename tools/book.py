@@ -7,7 +7,7 @@ key of a chapter is the source of its code cells, so an unchanged chapter is not
 again: ``make book`` after ``make test`` (or a second ``make test``) only re-renders.
 
 The cache knows nothing about the library the chapters import, so :func:`refresh_cache`
-empties it whenever ``immulib/``, the configuration, the requirements, ``book/data`` or
+empties it whenever ``immulib/``, the configuration, the requirements or
 ``benchmarks/`` (whose scripts and recorded GPU figures the Performance page shows) change (a
 fingerprint of their contents is stored beside the cache). A fresh checkout (CI) has no
 cache and executes everything.
@@ -48,7 +48,6 @@ FINGERPRINTED = [
     "_config.yml",
     "_toc.yml",
     "requirements.txt",
-    "book/data",
     "benchmarks",
 ]
 

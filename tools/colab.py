@@ -12,6 +12,8 @@ path with the suffix ``.ipynb``), a notebook that reads as the book does:
   headed quotes, exercises numbered headings ("Exercise 6.1", numbered as the book numbers
   them), ``{ref}`` links to the page of the rendered book, ``{cite}`` an author-year link to the
   bibliography, and ``(label)=`` targets and directive options disappear;
+* ``from myst_nb import glue`` gets a fallback: Colab has no myst-nb (the book build's), so there
+  ``glue`` only shows what the book would insert;
 * solutions are hidden: their code cells are collapsed (Colab's ``cellView: form`` with a
   ``#@title``, JupyterLab's ``source_hidden``) and their prose sits in a "Show" block.
 
@@ -455,6 +457,23 @@ def install_source(url: str) -> str:
     )
 
 
+GLUE_IMPORT = "from myst_nb import glue"
+GLUE_FALLBACK = """try:
+    from myst_nb import glue
+except ImportError:  # Colab has no myst-nb: glue() then only shows what the book inserts
+    from IPython.display import display as _show
+
+    def glue(name, variable, display=True):
+        if display:
+            _show(variable)"""
+
+
+def with_glue_fallback(source: str) -> str:
+    """``source`` with a top-level ``from myst_nb import glue`` replaced by :data:`GLUE_FALLBACK`."""
+    lines = source.split("\n")
+    return "\n".join(GLUE_FALLBACK if line == GLUE_IMPORT else line for line in lines)
+
+
 def is_install_cell(cell) -> bool:
     return (
         cell.cell_type == "code"
@@ -517,7 +536,7 @@ def colab_notebook(chapter: Path, url: str, book: Book | None = None):
         if cell.cell_type == "code":
             if is_install_cell(cell):
                 continue
-            new = code(cell.source, metadata=dict(cell.metadata))
+            new = code(with_glue_fallback(cell.source), metadata=dict(cell.metadata))
             if solution is not None:
                 close_prose()
                 new.source = (
