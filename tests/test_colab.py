@@ -16,6 +16,8 @@ import yaml
 from tools.book import mini_book
 from tools.chapters import chapter_notebook, is_notebook, toc_chapters
 from tools.colab import (
+    GLUE_FALLBACK,
+    GLUE_IMPORT,
     SOLUTION_TITLE,
     Book,
     book_url,
@@ -24,6 +26,7 @@ from tools.colab import (
     expand_macros,
     is_install_cell,
     needs_clone,
+    with_glue_fallback,
     write_colab_notebooks,
 )
 from tools.colab_links import COLAB_DIR, colab_notebook_url
@@ -124,13 +127,15 @@ def test_colab_notebook_is_valid_and_installs_immulib_first(chapter, colab_dir):
     )
     assert sum(is_install_cell(c) for c in nb.cells) == 1
     original = [
-        c.source
+        with_glue_fallback(c.source)
         for c in chapter_notebook(chapter).cells
         if c.cell_type == "code" and not is_install_cell(c)
     ]
     code = [c.source for c in nb.cells[1:] if c.cell_type == "code"]
     code = [s.split("\n", 1)[1] if s.startswith("#@title") else s for s in code]
-    assert code == original, "the code is the chapter's, unchanged and in order"
+    assert code == original, (
+        "the code is the chapter's (glue's import with its fallback), in order"
+    )
 
 
 @pytest.mark.parametrize("chapter", NOTEBOOKS, ids=_name)
@@ -390,8 +395,6 @@ def test_colab_notebook_runs_from_a_plain_install(
 def test_colab_notebooks_import_glue_with_a_fallback(colab_dir):
     """Colab has no myst-nb: a notebook imports ``glue`` only inside the fallback, and the
     fallback defines a ``glue`` that shows a value where the book would display it."""
-    from tools.colab import GLUE_FALLBACK, GLUE_IMPORT, with_glue_fallback
-
     for chapter in NOTEBOOKS:
         nb = _read(colab_dir, chapter)
         for cell in nb.cells:
