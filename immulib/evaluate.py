@@ -23,11 +23,11 @@ Two attackers:
 * ``fixed``: gradient descent with a fixed step η = c/λ_max(FᵀF), the attacker tuning c over
   ``fixed_grid`` (default :data:`FIXED_GRID`, c < 2 so every step converges) and keeping the fastest.
 
-A count of ``max_steps + 1`` means "not reached within ``max_steps``" (a lower bound on the
-true count, not a measurement); :func:`steps_text`, :func:`ratio_text` and :func:`median_text`
-write counts, ratios and medians of ratios so that such a bound is never shown as a measurement. On "held-out" rows the attacker fits its
-probe on those rows (data the defender never saw): the question is whether the immunization
-carries over to fresh data from the same task.
+A count of ``max_steps + 1`` means "not reached within ``max_steps``" (a lower bound on the true
+count, not a measurement); :func:`steps_text`, :func:`ratio_text` and :func:`median_text` write
+counts, ratios and medians of ratios so that such a bound is never shown as a measurement. On
+"held-out" rows the attacker fits its probe on those rows (data the defender never saw): the
+question is whether the immunization carries over to fresh data from the same task.
 
 How it is fast
 --------------
