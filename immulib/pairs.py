@@ -69,7 +69,7 @@ def pixel_support(
     data: ImageSet, setup: str = "well_posed", *, min_frac: float = 0.01
 ) -> np.ndarray:
     """Indices of the pixels a setup keeps: all 784 (``"authors"``) or, for ``"well_posed"``, the
-    pixels that are nonzero in at least ``min_frac`` of the training images of *every* digit.
+    pixels that are nonzero in more than ``min_frac`` of the training images of *every* digit.
 
     One support for all digits keeps one dimension for all pairs (so pairs batch) and makes every
     per-digit Gram matrix full rank and far from the 10⁻⁶ shift, so the κ conventions agree.
