@@ -1,8 +1,8 @@
 """One protocol for comparing immunization methods fairly: the same step budget, the same small
 grid per method, one stated selection criterion measured on the training rows.
 
-The review of the first edition found baselines starved of budget (150 clipped steps against
-400 for Ours). Here every method gets ``steps`` full-batch steps and :data:`GRIDS` gives each
+Baselines given fewer, clipped steps than the method they are compared with (150 clipped steps
+against 400 for Ours, say) are starved of budget. Here every method gets ``steps`` full-batch steps and :data:`GRIDS` gives each
 method the same number of settings of its own knobs (step size, trust region, weights); the
 setting kept is the one :func:`criterion` ranks first:
 
