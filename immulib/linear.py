@@ -584,7 +584,9 @@ def run(
     Returns ``(theta (B, D, D), omega (B, D), history, info)``: ``history`` a DataFrame with one
     row per problem and recorded step (``problem``, ``step``, ``kappa_P``, ``kappa_H`` per
     convention, ``loss_P``), ``info`` a dict (``lam_P``, ``lam_H``: the weights used, per problem;
-    ``restoration_steps`` of the constrained method; ``solver``: the extreme solver's counters).
+    ``restoration_steps`` of the constrained method and ``unresolved_kappa_H``: per problem,
+    whether its κ(H_H) divides by an eigenvalue below float64's resolution, with a warning;
+    ``solver``: the extreme solver's counters).
     Each Hessian is decomposed once per step (both in one batched call, so that a step pays
     the per-call cost once; the same numbers, bit for bit, as two calls), and that
     decomposition serves every term, bound and history entry (θ_0's also the weights and
@@ -898,6 +900,21 @@ def run(
             eig(theta.mT @ prob.KP @ theta)[0],
             eig(theta.mT @ prob.KH @ theta)[0],
         )
+        # the κ(H_H) it maximised divides by the k-th eigenvalue, k = rank(K_H): on a
+        # rank-deficient problem it can push that one below what float64 resolves, where a
+        # reported κ (which counts eigenvalues above max|λ|·D·eps) no longer sees it
+        unresolved = _pick(lamH, D - kH).abs() <= lamH.abs().amax(-1) * D * EPS
+        info["unresolved_kappa_H"] = unresolved.tolist()
+        if bool(unresolved.any()):
+            warnings.warn(
+                f"the constrained method's κ(H_H) divides by an eigenvalue below float64's "
+                f"resolution (max|λ|·D·eps) on {int(unresolved.sum())} of {B} problem(s): the "
+                "κ it maximised is not measurable, and a κ that counts only resolved "
+                "eigenvalues (immulib.linalg.condition_number) can be far smaller; see "
+                "info['unresolved_kappa_H'] and chapter 06",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         rows = [r for r in rows if r["step"] != steps]
         record(
             steps,

@@ -189,6 +189,36 @@ def test_constrained_keeps_definition_3_1_b_and_approaches_the_ceiling():
         )  # invertible: the D_P optimum is kept
 
 
+def test_constrained_reports_a_kappa_H_that_divides_by_an_unresolved_eigenvalue():
+    """On a K_H whose smallest eigenvalue lies just above float64's resolution, maximising
+    κ(H_H) pushes it below: ``info`` and a warning say so, consistently with the returned θ;
+    on a well-conditioned task neither does."""
+    rng = np.random.default_rng(0)
+    D, n, eps = 8, 40, float(np.finfo(np.float64).eps)
+    Q, _ = np.linalg.qr(rng.standard_normal((D, D)))
+    XP = rng.standard_normal((n, D))
+    # singular values down to sqrt(4·D·eps): K_H's smallest eigenvalue is resolved at θ_0
+    XH = (
+        rng.standard_normal((n, D))
+        @ np.diag(np.geomspace(1, (4 * D * eps) ** 0.5, D))
+        @ Q
+    )
+    XPw, yPw, XHw, _ = _task()  # well conditioned
+    cases = ((XP, XH, XP @ rng.standard_normal(D), True), (XPw, XHw, yPw, False))
+    for XP_, XH_, yP_, fires in cases:
+        prob = lin.Problem.from_data(XP_, yP_, XH_, XH_ @ np.ones(XH_.shape[1]))
+        assert lin._rank(torch.linalg.eigvalsh(prob.KH))[0] == XH_.shape[1]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            theta, _, _, info = lin.run(prob, "constrained", steps=200, progress=False)
+        H = theta[0].mT @ prob.KH[0] @ theta[0]
+        lam = torch.linalg.eigvalsh((H + H.mT) / 2)
+        below = bool(lam[0].abs() <= lam.abs().max() * len(lam) * eps)
+        warned = any("float64's resolution" in str(w.message) for w in caught)
+        assert info["unresolved_kappa_H"] == [below] and warned == below
+        assert below == fires
+
+
 def test_adaptive_r_well_decreases_kappa_P_every_step():
     XP, yP, XH, _ = _task()
     res = lin.immunize(
