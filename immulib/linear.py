@@ -900,10 +900,10 @@ def run(
             eig(theta.mT @ prob.KP @ theta)[0],
             eig(theta.mT @ prob.KH @ theta)[0],
         )
-        # the κ(H_H) it maximised divides by the k-th eigenvalue, k = rank(K_H): on a
-        # rank-deficient problem it can push that one below what float64 resolves, where a
-        # reported κ (which counts eigenvalues above max|λ|·D·eps) no longer sees it
-        unresolved = _pick(lamH, D - kH).abs() <= lamH.abs().amax(-1) * D * EPS
+        # the κ(H_H) it maximised divides by the k-th eigenvalue, k = rank(K_H) at θ_0: on a
+        # rank-deficient problem it can push that one below what float64 resolves (the rank
+        # rule's max|λ|·D·eps), where a reported κ no longer counts it
+        unresolved = _rank(lamH) < kH
         info["unresolved_kappa_H"] = unresolved.tolist()
         if bool(unresolved.any()):
             warnings.warn(

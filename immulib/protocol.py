@@ -2,9 +2,9 @@
 grid per method, one stated selection criterion measured on the training rows.
 
 Baselines given fewer, clipped steps than the method they are compared with (150 clipped steps
-against 400 for Ours, say) are starved of budget. Here every method gets ``steps`` full-batch steps and :data:`GRIDS` gives each
-method the same number of settings of its own knobs (step size, trust region, weights); the
-setting kept is the one :func:`criterion` ranks first:
+against 400 for Ours, say) are starved of budget. Here every method gets ``steps`` full-batch
+steps and :data:`GRIDS` gives each method the same number of settings of its own knobs (step
+size, trust region, weights); the setting kept is the one :func:`criterion` ranks first:
 
 1. settings that satisfy Definition 3.1 (b), (ii) ≤ 1 + ``tol``, on the training rows, by the
    largest (i) (the harder the harmful probe, the better: what the attacker feels);
