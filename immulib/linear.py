@@ -77,6 +77,7 @@ __all__ = [
     "algorithm1_direction",
     "immunize",
     "precondition",
+    "UnresolvedKappaWarning",
     "run",
     "starts",
 ]
@@ -285,6 +286,11 @@ def _rank(lam):
     """Numerical rank per batch element (numpy's matrix_rank rule on the eigenvalues)."""
     tol = lam[..., -1:].abs() * lam.shape[-1] * EPS
     return (lam > tol).sum(-1)
+
+
+class UnresolvedKappaWarning(RuntimeWarning):
+    """The constrained method's κ(H_H) divides by an eigenvalue below float64's resolution
+    (``info["unresolved_kappa_H"]`` of :func:`run`). Chapter: {ref}`ch-mnist-pairs`."""
 
 
 def _pick(lam, idx):
@@ -912,7 +918,7 @@ def run(
                 "κ it maximised is not measurable, and a κ that counts only resolved "
                 "eigenvalues (immulib.linalg.condition_number) can be far smaller; see "
                 "info['unresolved_kappa_H'] and chapter 06",
-                RuntimeWarning,
+                UnresolvedKappaWarning,
                 stacklevel=2,
             )
         rows = [r for r in rows if r["step"] != steps]
