@@ -121,3 +121,23 @@ def test_docstring_escaping_keeps_literals():
     assert (
         book_pages.escape_plain_text("a_b, :data:`NAME_` ok") == "a_b, :data:`NAME_` ok"
     )
+
+
+def test_format_chapters_rewraps_a_comment_block_as_one_paragraph(tmp_path):
+    page = tmp_path / "page.md"
+    words = [f"word{i}" for i in range(30)]
+    first, rest = " ".join(words[:14]), " ".join(words[14:20])
+    page.write_text(
+        "# t\n\n```{code-cell} ipython3\n"
+        f"# {first}\n# {rest}\n#\n#   kept as it is\nvalue = 1\n```\n"
+    )
+    assert len(f"# {first}") > format_chapters.LIMIT
+    assert format_chapters.main([str(page)]) == 0
+    code = page.read_text().split("ipython3\n", 1)[1].rsplit("```", 1)[0]
+    lines = code.splitlines()
+    comment = [line[2:] for line in lines if line.startswith("# ")]
+    # the sentence is kept word for word, and its lines are filled (no word left alone
+    # between them), the empty "#" and what follows it untouched
+    assert " ".join(comment[:-1]).split() == words[:20]
+    assert all(len(line) > format_chapters.LIMIT - 12 for line in comment[:-2])
+    assert lines[-3:] == ["#", "#   kept as it is", "value = 1"]

@@ -8,8 +8,9 @@ with a line wider than ``LIMIT``, this tool
   are too wide are touched, so the rest of a chapter's diff stays empty), then
 * splits what ruff leaves too wide: a long one-line string literal inside brackets becomes two
   adjacent literals (Python joins them again, so the cell's syntax tree must stay the same, or
-  the split is undone), a long comment moves above its line and is wrapped, and a long
-  one-line docstring is wrapped over several lines;
+  the split is undone), a long comment moves above its line and is wrapped (a full-line one
+  together with the lines of its comment block that follow it, as one paragraph, so that no
+  word is left alone on a line), and a long one-line docstring is wrapped over several lines;
 * reports every line that is still too wide (e.g. an f-string without a space outside its
   replacement fields) as
   ``file:line: N columns``: wrap it by hand.
@@ -141,10 +142,21 @@ def _split_once(code: str, comments_only: bool = False) -> str | None:
             indent = re.match(r"\s*", line)[0]
             before = line[:col].rstrip()
             text = tok.string.lstrip("#").strip()
+            end = row  # the lines[row - 1 : end] that are rewrapped together
+            if not before.strip():
+                # a full-line comment: the lines of the same comment block after it (same
+                # indent, up to an empty "#" line) continue its sentence, so they are
+                # rewrapped with it (no word left alone on a line in the middle)
+                while end < len(lines):
+                    match = re.fullmatch(re.escape(indent) + r"# (\S.*)", lines[end])
+                    if not match:
+                        break
+                    text += " " + match[1].strip()
+                    end += 1
             wrapped = textwrap.wrap(text, LIMIT - len(indent) - 2) or [""]
             comment = [f"{indent}# {w}" for w in wrapped]
             new = comment + ([before] if before.strip() else [])
-            return "\n".join(lines[: row - 1] + new + lines[row:])
+            return "\n".join(lines[: row - 1] + new + lines[end:])
         if comments_only:
             continue
         if (
