@@ -32,8 +32,9 @@ with ``.eval.json``. The same evaluation runs later with ``python -m immulib.dee
 :func:`immulib.deep_objective.balance_lambdas` (each process computes it on the same seeded batch,
 so all agree). ``--theta0`` loads θ0's weights from a ``state_dict`` file, always with
 ``torch.load(weights_only=True)`` (otherwise ``--pretrained`` timm weights or a seeded random
-init). ``--data-p``/``--data-h`` are image folders, or ``mnist`` / ``fashion_mnist`` (resized to
-``--img-size``, ``--in-chans`` channels, ``--n-train`` samples). Chapter: ``book/07_deep_nets.md``.
+init). ``--data-p``/``--data-h`` are image folders (normalised with the statistics the model's
+timm weights declare, :func:`immulib.networks.input_statistics`), or ``mnist`` /
+``fashion_mnist`` (resized to ``--img-size``, ``--in-chans`` channels, ``--n-train`` samples). Chapter: ``book/07_deep_nets.md``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,13 @@ from torch.utils.data.distributed import DistributedSampler
 from . import deep_eval, image_data
 from .deep_objective import METHODS, balance_lambdas
 from .deep_train import immunization_step
-from .networks import FeaturesAndLogits, check_inputs, create_model, freeze
+from .networks import (
+    FeaturesAndLogits,
+    check_inputs,
+    create_model,
+    freeze,
+    input_statistics,
+)
 
 __all__ = ["evaluate", "load_data", "main", "parse_args"]
 
@@ -234,7 +241,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_data(source: str, args: argparse.Namespace) -> tuple[Dataset, Dataset]:
-    """(train, test) for ``--data-p``/``--data-h``: an image folder, or ``mnist``/``fashion_mnist``.
+    """(train, test) for ``--data-p``/``--data-h``: an image folder (normalised for
+    ``--model-name``'s weights), or ``mnist``/``fashion_mnist``.
 
     Chapter: {ref}`ch-deep-nets`.
     """
@@ -255,8 +263,9 @@ def load_data(source: str, args: argparse.Namespace) -> tuple[Dataset, Dataset]:
         raise SystemExit(
             f"error: {source!r} is neither a folder of class folders nor one of {BUILTIN}"
         )
+    mean, std = input_statistics(args.model_name)  # what the model's weights expect
     return image_data.image_folder_splits(
-        source, img_size=args.img_size, seed=args.seed
+        source, img_size=args.img_size, seed=args.seed, mean=mean, std=std
     )
 
 

@@ -125,18 +125,47 @@ def resized(ds: ArrayDataset, *, img_size: int, channels: int = 3) -> ArrayDatas
     return ArrayDataset(x, ds.labels, ds.num_classes)
 
 
+def _channel_stats(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    """``mean`` and ``std`` as float32 arrays of 3 (one per RGB channel), checked."""
+    out = []
+    for value, name in ((mean, "mean"), (std, "std")):
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            arr = None
+        if arr is None or arr.shape != (3,) or not np.isfinite(arr).all():
+            raise ValueError(
+                f"{name} must be 3 finite numbers (one per RGB channel), got {value!r}"
+            )
+        out.append(arr.astype(np.float32))
+    if not (out[1] > 0).all():
+        raise ValueError(f"std must be positive, got {std!r}")
+    return out[0], out[1]
+
+
 class ImageFolderDataset(Dataset):
     """An ImageNet-style folder: one subfolder per class (sorted names = label order) of image files.
 
     Images are read with PIL, converted to RGB, resized so that the shorter side is
     ``round(img_size / 0.875)`` (bicubic), centre-cropped to ``img_size`` and normalised with
-    ImageNet's mean and std, timm's evaluation transform. There is no augmentation (the authors
-    train with RandomResizedCrop and flips). ``files`` restricts the dataset to some of the files.
+    ``mean`` and ``std`` per channel (ImageNet's by default; a pre-trained model expects the
+    statistics its weights declare, :func:`immulib.networks.input_statistics`), timm's
+    evaluation transform. There is no augmentation (the authors train with timm's training
+    transforms). ``files`` restricts the dataset to some of the files.
 
     Chapter: {ref}`ch-deep-nets`.
     """
 
-    def __init__(self, root, *, img_size: int = 224, files: list | None = None):
+    def __init__(
+        self,
+        root,
+        *,
+        img_size: int = 224,
+        files: list | None = None,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    ):
+        self.mean, self.std = _channel_stats(mean, std)
         if not isinstance(root, (str, Path)):
             raise TypeError(f"root must be a path, got {type(root).__name__}")
         self.root = Path(root)
@@ -178,16 +207,21 @@ class ImageFolderDataset(Dataset):
             left, top = (w - self.img_size) // 2, (h - self.img_size) // 2
             im = im.crop((left, top, left + self.img_size, top + self.img_size))
             x = np.asarray(im, dtype=np.float32) / 255.0
-        x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(
-            IMAGENET_STD, np.float32
-        )
+        x = (x - self.mean) / self.std
         return torch.from_numpy(x.transpose(2, 0, 1).copy()), label
 
 
 def image_folder_splits(
-    root, *, img_size: int = 224, test_fraction: float = 0.2, seed: int = 0
+    root,
+    *,
+    img_size: int = 224,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
 ) -> tuple[ImageFolderDataset, ImageFolderDataset]:
-    """(train, test) datasets from an image folder.
+    """(train, test) datasets from an image folder, normalised with ``mean`` and ``std``
+    (see :class:`ImageFolderDataset`).
 
     If ``root`` has a ``train`` subfolder and a ``val`` or ``test`` one (the ImageNet layout),
     those are the splits; otherwise ``root`` itself holds the class folders and a seeded random
@@ -196,17 +230,18 @@ def image_folder_splits(
     Chapter: {ref}`ch-deep-nets`.
     """
     root = Path(root) if isinstance(root, (str, Path)) else root
+    kw = dict(img_size=img_size, mean=mean, std=std)
     if isinstance(root, Path) and (root / "train").is_dir():
         for name in ("val", "test"):
             if (root / name).is_dir():
-                train = ImageFolderDataset(root / "train", img_size=img_size)
-                test = ImageFolderDataset(root / name, img_size=img_size)
+                train = ImageFolderDataset(root / "train", **kw)
+                test = ImageFolderDataset(root / name, **kw)
                 if test.classes != train.classes:
                     raise ValueError(
                         f"{root}/train and {root}/{name} must have the same class folders"
                     )
                 return train, test
-    full = ImageFolderDataset(root, img_size=img_size)
+    full = ImageFolderDataset(root, **kw)
     frac = number(test_fraction, "test_fraction", minimum=0.0, strict=True)
     if frac >= 1:
         raise ValueError(f"test_fraction must be < 1, got {frac}")
@@ -221,8 +256,8 @@ def image_folder_splits(
         return [full.files[i] for i in sorted(idx)]
 
     return (
-        ImageFolderDataset(root, img_size=img_size, files=pick(perm[n_test:])),
-        ImageFolderDataset(root, img_size=img_size, files=pick(perm[:n_test])),
+        ImageFolderDataset(root, files=pick(perm[n_test:]), **kw),
+        ImageFolderDataset(root, files=pick(perm[:n_test]), **kw),
     )
 
 
@@ -276,6 +311,7 @@ def fingerprint(ds: Dataset) -> str:
         h.update(y.numpy().tobytes())
     elif isinstance(base, ImageFolderDataset):
         h.update(f"{base.root}|{base.img_size}|{len(base.files)}".encode())
+        h.update(base.mean.tobytes() + base.std.tobytes())  # the normalisation
         for path, label in base.files:
             h.update(f"{path}|{label}|{Path(path).stat().st_size}".encode())
     else:

@@ -42,6 +42,7 @@ __all__ = [
     "freeze",
     "immunized_block",
     "input_channels",
+    "input_statistics",
     "trainable_parameter_names",
 ]
 
@@ -86,6 +87,43 @@ def create_model(
         model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
     architecture(model)
     return model
+
+
+def input_statistics(*model_names: str) -> tuple[tuple, tuple]:
+    """(mean, std) per RGB channel that the timm weights of ``model_names`` expect their
+    inputs normalised with, from timm's registry (``pretrained_cfg``; nothing is downloaded):
+    ImageNet's for ``resnet18``, 0.5 and 0.5 for ``vit_base_patch16_224``. The statistics
+    :class:`immulib.image_data.ImageFolderDataset` should use for these models; one dataset
+    serves them all only if they agree, so a ``ValueError`` names them where they do not (run
+    such models separately).
+
+    Chapter: {ref}`ch-deep-nets`.
+    """
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    if not model_names:
+        raise ValueError("input_statistics needs at least one model name")
+    found = {}
+    for name in model_names:
+        if not isinstance(name, str):
+            raise TypeError(f"model names must be str, got {type(name).__name__}")
+        if not timm.is_model(name):
+            raise ValueError(f"model name {name!r} is not a timm model")
+        cfg = get_pretrained_cfg(name)
+        if cfg is None or cfg.mean is None or cfg.std is None:
+            raise ValueError(f"timm declares no input statistics for {name!r}")
+        found[name] = (
+            tuple(float(v) for v in cfg.mean),
+            tuple(float(v) for v in cfg.std),
+        )
+    if len(set(found.values())) > 1:
+        listed = "; ".join(f"{n}: mean {m}, std {s}" for n, (m, s) in found.items())
+        raise ValueError(
+            "these models expect differently normalised inputs, so one dataset cannot serve "
+            f"them all; run them separately ({listed})"
+        )
+    return next(iter(found.values()))
 
 
 def architecture(model: nn.Module) -> str:

@@ -180,3 +180,50 @@ def test_bad_command_lines_are_rejected():
     ):
         with pytest.raises(SystemExit):
             deep_ddp.parse_args(base + extra)
+
+
+def test_image_folders_are_normalised_for_the_model_that_reads_them(tmp_path):
+    """An image folder is normalised with the statistics the model's timm weights declare
+    (ImageNet's for resnet18, 0.5 and 0.5 for a ViT-B/16), not one fixed pair for all."""
+    from immulib import image_data
+
+    fake_image_folder(tmp_path / "f", per_class=3)
+    imagenet = networks.input_statistics("resnet18")
+    assert imagenet == (image_data.IMAGENET_MEAN, image_data.IMAGENET_STD)
+    half = networks.input_statistics("vit_base_patch16_224", "vit_tiny_patch16_224")
+    assert half == ((0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ValueError, match="resnet18.*vit_base_patch16_224"):
+        networks.input_statistics("resnet18", "vit_base_patch16_224")
+    for bad, err in (
+        ((), ValueError),
+        (("no_such_net",), ValueError),
+        ((3,), TypeError),
+    ):
+        with pytest.raises(err):
+            networks.input_statistics(*bad)
+    # the same pixels under both normalisations
+    a = image_data.ImageFolderDataset(tmp_path / "f", img_size=16)
+    b = image_data.ImageFolderDataset(
+        tmp_path / "f", img_size=16, mean=half[0], std=half[1]
+    )
+    pixels_a = (
+        a[0][0] * torch.tensor(imagenet[1])[:, None, None]
+        + torch.tensor(imagenet[0])[:, None, None]
+    )
+    pixels_b = b[0][0] * 0.5 + 0.5
+    assert torch.allclose(pixels_a, pixels_b, atol=1e-6)
+    assert not torch.allclose(a[0][0], b[0][0])
+    assert image_data.fingerprint(a) != image_data.fingerprint(b)  # cache keys differ
+    # the DDP script picks them from --model-name
+    args = deep_ddp.parse_args(
+        ["--model-name", "vit_base_patch16_224", "--data-p", str(tmp_path / "f"),
+         "--data-h", "b", "--out", "o.pt", "--img-size", "16"]
+    )  # fmt: skip
+    train, test = deep_ddp.load_data(str(tmp_path / "f"), args)
+    assert train.mean.tolist() == test.std.tolist() == [0.5] * 3
+    for kw, name in (
+        (dict(mean=(0.5, 0.5)), "mean"),
+        (dict(std=(0.5, 0.0, 0.5)), "std"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            image_data.ImageFolderDataset(tmp_path / "f", **kw)
