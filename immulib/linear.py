@@ -70,6 +70,7 @@ from .results import ImmunizationResult
 
 __all__ = [
     "AUTHORS_HOUSE_PRICES",
+    "CODE_LIFT",
     "METHODS",
     "POLICIES",
     "Policy",
@@ -1147,17 +1148,37 @@ def precondition(
     return _Precondition.apply(theta, K, side)
 
 
-def _released_objective(XP, yP, XH, theta, omega, lam_P, lam_H, ridge, side):
+#: what the released code's ``condition_number`` adds to a Gram matrix's diagonal before its
+#: eigenvalues (and the threshold above which it keeps them)
+CODE_LIFT = 1e-6
+
+
+def _code_regularizer(S, which: str):
+    """R_well (``which="well"``) or R_ill as the released code's ``reg_loss`` computes them
+    (chapter "The paper and its released code", item 13): p = k = the dimension of S, from the
+    eigenvalues of S + 10⁻⁶I, σ_max their largest and σ_min the smallest above 10⁻⁶ (on a
+    singular S, the lifted null space: 10⁻⁶ plus rounding), differentiated by autograd."""
+    D = S.shape[-1]
+    eye = torch.eye(D, dtype=S.dtype, device=S.device)
+    lam = torch.linalg.eigvalsh(S + CODE_LIFT * eye)
+    fro2 = (S * S).sum()
+    if which == "well":
+        return lam[-1] ** 2 / 2 - fro2 / (2 * D)
+    return 1 / (fro2 / (2 * D) - lam[lam > CODE_LIFT].min() ** 2 / 2)
+
+
+def _released_objective(
+    XP, yP, XH, theta, omega, lam_P, lam_H, ridge, side, regularizers="paper"
+):
     KP, KH = gram(XP), gram(XH)
     loss = ((XP @ theta @ omega - yP) ** 2).mean()
+    code = regularizers == "code"
     if lam_P:
-        loss = loss + lam_P * reg.r_well(
-            _th(precondition(theta, KP, ridge=ridge, side=side), KP)
-        )
+        S = _th(precondition(theta, KP, ridge=ridge, side=side), KP)
+        loss = loss + lam_P * (_code_regularizer(S, "well") if code else reg.r_well(S))
     if lam_H:
-        loss = loss + lam_H * reg.r_ill(
-            _th(precondition(theta, KH, ridge=ridge, side=side), KH)
-        )
+        S = _th(precondition(theta, KH, ridge=ridge, side=side), KH)
+        loss = loss + lam_H * (_code_regularizer(S, "ill") if code else reg.r_ill(S))
     return loss
 
 
@@ -1222,6 +1243,7 @@ def _run_released(
     record,
     record_every,
     bar,
+    regularizers="paper",
 ):
     theta = theta.clone().requires_grad_(True)
     omega = omega.clone().requires_grad_(True)
@@ -1234,8 +1256,9 @@ def _run_released(
                 break
             opt.zero_grad()
             obj = _released_objective(
-                XP[idx], yP[idx], XH[idx], theta, omega, lam_P, lam_H, ridge, side
-            )
+                XP[idx], yP[idx], XH[idx], theta, omega, lam_P, lam_H, ridge, side,
+                regularizers,
+            )  # fmt: skip
             if not bool(torch.isfinite(obj)):
                 raise FloatingPointError(
                     f"released policy diverged at step {t}: lower eta={eta:g} "
@@ -1299,6 +1322,7 @@ def immunize(
     batch_size: int | None = None,
     ridge: float = 0.0,
     precond_side: str = "theta",
+    regularizers: str = "paper",
     init: str = "identity",
     theta_init=None,
     convention: str = "pinv",
@@ -1340,9 +1364,14 @@ def immunize(
         the penalty on log κ(H_P) above log κ(K_P).
     inner_steps
         ``"imma"``: unrolled attacker steps (probe from w = 0, step 1/λ_max of its Hessian).
-    batch_size, ridge, precond_side
+    batch_size, ridge, precond_side, regularizers
         The released policy: mini-batch size (drop_last), ridge in the dummy-layer
-        preconditioner, ``"theta"`` (the paper's side) or ``"output"`` (the code's).
+        preconditioner, ``"theta"`` (the paper's side) or ``"output"`` (the code's), and
+        ``regularizers``: ``"paper"`` (R_well and R_ill as the paper defines them, k = rank and
+        σ_k the smallest nonzero eigenvalue; :mod:`immulib.regularizers`) or ``"code"`` (as the
+        released ``reg_loss`` computes them: k = p = D on the eigenvalues of H̃ + 10⁻⁶I, σ_min
+        the smallest above 10⁻⁶, which on a singular mini-batch Gram is the lifted null space;
+        chapter "The paper and its released code", item 13).
     init, theta_init
         θ_0: ``"identity"`` or ``"linear_default"`` (nn.Linear's U(±1/√D), the released code),
         or an explicit ``theta_init``. ω_0 ~ N(0, I/D) (identity) or N(0, I) (linear_default).
@@ -1365,6 +1394,7 @@ def immunize(
     choice(method, "method", METHODS)
     choice(policy, "policy", POLICIES)
     choice(precond_side, "precond_side", ("theta", "output"))
+    choice(regularizers, "regularizers", ("paper", "code"))
     choice(init, "init", ("identity", "linear_default"))
     choice(convention, "convention", CONVENTIONS)
     seed = integer(seed, "seed", 0)
@@ -1378,6 +1408,7 @@ def immunize(
             ("batch_size", batch_size, None),
             ("ridge", ridge, 0.0),
             ("precond_side", precond_side, "theta"),
+            ("regularizers", regularizers, "paper"),
         ):
             if v != default:
                 raise ValueError(
@@ -1465,6 +1496,7 @@ def immunize(
                 record=rec,
                 record_every=record_every,
                 bar=bar,
+                regularizers=regularizers,
             )
             bar.close()
             history, lams, total_steps = pd.DataFrame(rows), (lP, lH), total
@@ -1513,6 +1545,7 @@ def immunize(
         batch_size=batch_size,
         ridge=ridge,
         precond_side=precond_side,
+        regularizers=regularizers,
         init=init,
         seed=seed,
         convention=convention,

@@ -255,6 +255,59 @@ def test_released_policy_runs_mini_batches_and_is_seeded():
         )
 
 
+def test_the_code_regularizers_are_the_released_formulas():
+    """R_well and R_ill as the released reg_loss computes them (item 13): k = p = D on the
+    eigenvalues of S + 1e-6 I, σ_min the smallest above 1e-6; autograd matches finite
+    differences, and on a singular S R_ill sees only the lifted null space."""
+    rng = np.random.default_rng(0)
+    D = 6
+    A = rng.standard_normal((10, D))
+    S = torch.tensor(A.T @ A)
+    lam = np.linalg.eigvalsh(A.T @ A)
+    fro2 = float((S * S).sum())
+    well = lin._code_regularizer(S, "well")
+    ill = lin._code_regularizer(S, "ill")
+    assert np.isclose(
+        float(well), (lam[-1] + 1e-6) ** 2 / 2 - fro2 / (2 * D), rtol=1e-12
+    )
+    assert np.isclose(
+        float(ill), 1 / (fro2 / (2 * D) - (lam[0] + 1e-6) ** 2 / 2), rtol=1e-12
+    )
+    for which in (
+        "well",
+        "ill",
+    ):  # the gradient autograd gives, against central differences
+        X = S.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(lin._code_regularizer(X, which), X)
+        E = torch.tensor(rng.standard_normal((D, D)))
+        E = (E + E.T) / 2
+        h = 1e-5
+        fd = (
+            lin._code_regularizer(S + h * E, which)
+            - lin._code_regularizer(S - h * E, which)
+        ) / (2 * h)
+        assert np.isclose(float((g * E).sum()), float(fd), rtol=1e-6)
+    # rank 3 of 6: the code's σ_min is the lift, the paper's the smallest nonzero eigenvalue
+    B = rng.standard_normal((3, D))
+    Ss = torch.tensor(B.T @ B)
+    fro2s = float((Ss * Ss).sum())
+    code = float(lin._code_regularizer(Ss, "ill"))
+    assert np.isclose(code, 1 / (fro2s / (2 * D) - 1e-12 / 2), rtol=1e-9)
+    assert not np.isclose(code, float(reg.r_ill(Ss)), rtol=1e-2)
+
+
+def test_released_policy_with_the_code_regularizers_is_another_run():
+    XP, yP, XH, _ = _task()
+    # mini-batches of 4 rows, 8 features: singular Grams, where the two R_ill differ most
+    kw = {**lin.AUTHORS_HOUSE_PRICES, "epochs": 2, "batch_size": 4}
+    paper = lin.immunize(XP, yP, XH, seed=1, progress=False, **kw)
+    code = lin.immunize(XP, yP, XH, seed=1, progress=False, regularizers="code", **kw)
+    again = lin.immunize(XP, yP, XH, seed=1, progress=False, regularizers="code", **kw)
+    assert torch.equal(code.theta, again.theta)
+    assert float((code.theta - paper.theta).abs().max()) > 1e-3
+    assert code.settings["regularizers"] == "code"
+
+
 def test_bad_input_is_refused_by_name():
     XP, yP, XH, yH = _task()
     cases = [
@@ -270,6 +323,8 @@ def test_bad_input_is_refused_by_name():
         (dict(seed=-1), ValueError, "seed"),
         (dict(progress="yes"), TypeError, "progress"),
         (dict(theta_init=np.eye(3)), ValueError, "theta_init"),
+        (dict(regularizers="code"), ValueError, "regularizers"),
+        (dict(policy="released", regularizers="exact"), ValueError, "regularizers"),
     ]
     for kw, err, word in cases:
         with pytest.raises(err, match=word):
