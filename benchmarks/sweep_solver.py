@@ -1,12 +1,14 @@
-"""Benchmark: the MNIST sweep's eigensolvers, full ``eigh`` against the partial and extreme ones.
+"""Benchmark: the MNIST sweep's eigensolvers, full ``eigh`` against the partial, tridiagonal and extreme ones.
 
 The sweep (:func:`immulib.pairs.sweep`) runs Ours (adaptive policy) on digit pairs of the
 well-posed setup, ``batch_size`` pairs (default 10) at a time as one batched
 :class:`immulib.linear.Problem`. A step of Ours reads, of H_P, all its eigenvalues' extremes and
 v₁, and of H_H σ_k, v_k and ‖H_H‖_F, so the engine's ``solver=`` can be the batched
-``torch.linalg.eigh``, :class:`immulib.linalg.PartialEigensolver` (the default: every
-eigenvalue by ``eigvalsh``, the two vectors by warm-started inverse iteration) or
-:class:`immulib.linalg.ExtremeEigensolver` (LOBPCG, warm-started from the previous step). This
+``torch.linalg.eigh``, :class:`immulib.linalg.PartialEigensolver` (the default on a GPU: every
+eigenvalue by ``eigvalsh``, the two vectors by warm-started inverse iteration),
+:class:`immulib.linalg.TridiagonalEigensolver` (the default on the CPU: one Householder
+tridiagonalisation per matrix, the few eigenvalues and the one vector the step reads from it)
+or :class:`immulib.linalg.ExtremeEigensolver` (LOBPCG, warm-started from the previous step). This
 script runs the engine (``immulib.linear.run``) on the pairs in the sweep's chunks (the
 problems built once, a fresh solver per chunk) with each solver, in one process, ``--repeats``
 times, and prints the median of each sweep's time divided by ``steps`` batched ``eigh`` of
@@ -20,7 +22,9 @@ every pair in one batch instead: with 90 pairs each D × D batch is 36 MB, alloc
 (and page-faulted) several times a step, and the ratio rises by about 0.6 on a CPU. A second
 line prints what one step of the partial solver is made of, in the same unit for one chunk: two
 ``eigvalsh`` and the five D × D products of a step (θᵀK_Pθ, θᵀK_Hθ and θM) are its floor; the
-rest is two LU factorisations, their solves and the small operations. Needs MNIST
+rest is two LU factorisations, their solves and the small operations. On the CPU the same line
+gives the tridiagonal solver's floor: two Householder reductions (``sytrd``) and the five
+products. Needs MNIST
 (``IMMULIB_DATA`` or the cache).
 
     python -m benchmarks.sweep_solver [--quick] [--device cuda] [--pairs N --steps S --repeats R]
@@ -39,7 +43,11 @@ import torch
 
 from benchmarks._timing import median_seconds
 from immulib import data, linear, pairs
-from immulib.linalg import ExtremeEigensolver, PartialEigensolver
+from immulib.linalg import (
+    ExtremeEigensolver,
+    PartialEigensolver,
+    TridiagonalEigensolver,
+)
 
 
 def main(argv=None):
@@ -122,6 +130,9 @@ def main(argv=None):
         "partial": PartialEigensolver,
         "extreme": ExtremeEigensolver,
     }
+    if not chunks[0].KP.is_cuda:  # a CPU solver
+        solvers["tridiagonal"] = TridiagonalEigensolver
+    default = "partial" if chunks[0].KP.is_cuda else "tridiagonal"
     ratios = {name: [] for name in solvers}
     fallbacks = dict.fromkeys(solvers, 0)
     matrices = dict.fromkeys(solvers, 0)
@@ -138,6 +149,12 @@ def main(argv=None):
         "lu_factor": lambda: torch.linalg.lu_factor_ex(H),
         "D x D product": lambda: torch.bmm(H, H),
     }
+    if not H.is_cuda:  # the tridiagonal solver's own reduction, one matrix at a time
+        from scipy.linalg import lapack
+
+        pieces["sytrd"] = lambda: [
+            lapack.dsytrd(M.numpy().T, lower=1, lwork=64 * D) for M in H
+        ]
     t_eigh = median_seconds(lambda: (torch.linalg.eigh(H), sync()), 3)
     cost = {}
     for name, fn in pieces.items():
@@ -166,11 +183,17 @@ def main(argv=None):
         f"pieces, per chunk of {len(chunks[0].KH)} pairs, in units of its batched eigh: "
         + ", ".join(f"{name} {c:.2f}" for name, c in cost.items())
         + f"; the partial solver's floor (2 eigvalsh + 5 products): {floor:.2f}"
+        + (
+            f", the tridiagonal one's (2 sytrd + 5 products): "
+            f"{2 * cost['sytrd'] + 5 * cost['D x D product']:.2f}"
+            if "sytrd" in cost
+            else ""
+        )
     )
+    others = ", ".join(f"{n}: {med[n]:.2f}" for n in solvers if n != default)
     print(
-        f"sweep step with the default (partial) solver: {med['partial']:.2f} batched eigh "
-        f"(eigh: {med['eigh']:.2f}, extreme: {med['extreme']:.2f}), "
-        f"{fallbacks['partial']} fallbacks"
+        f"sweep step with the default ({default}) solver: {med[default]:.2f} batched eigh "
+        f"({others}), {fallbacks[default]} fallbacks"
     )
 
 

@@ -22,6 +22,8 @@ __all__ = [
     "SHIFT",
     "ExtremeEigensolver",
     "PartialEigensolver",
+    "TridiagonalEigensolver",
+    "TridiagonalSpectra",
     "as_float64",
     "check_symmetric",
     "condition_number",
@@ -398,6 +400,142 @@ class PartialEigensolver:
         for name, x in out.items():
             self._v[(key, name)] = x
         return lam, out
+
+
+class TridiagonalEigensolver:
+    """Chosen eigenvalues and one eigenvector of each of a batch of symmetric matrices
+    (B × D × D, float64, on the CPU), from one Householder tridiagonalisation each: LAPACK's
+    ``sytrd`` (through ``scipy.linalg.lapack``; it reads the lower triangle of the matrix's
+    transpose, i.e. its upper triangle), then the eigenvalues asked for, by index, from the
+    tridiagonal matrix (bisection, ``stebz``; the run of indices that holds the wanted vector by
+    MRRR, ``stemr``), and the wanted eigenvector taken back through the reflectors
+    (``ormqr``). Every eigenvalue is computed only when asked for (``sterf``,
+    :meth:`immulib.linalg.TridiagonalSpectra.eigenvalues`, e.g. for a recorded step). A call
+    costs about one ``eigvalsh``'s tridiagonalisation: no iteration, no warm start, so nothing
+    to converge and no fallback (``stats["fallbacks"]`` counts only elements that LAPACK
+    refuses, which then get a full ``torch.linalg.eigh``). The policy step of
+    :func:`immulib.linear.run` reads only a few eigenvalues and one eigenvector of each
+    Hessian, so on the CPU this is its default solver from D = 96 on.
+
+    Chapter: {ref}`ch-performance`.
+    """
+
+    def __init__(self):
+        self.stats = dict(calls=0, matrices=0, vectors=0, fallbacks=0)
+        self._plans: dict = {}  # a row of indices -> its runs of consecutive indices
+
+    def _plan(self, row, vector: int):
+        """(the runs of consecutive indices of ``row``, sorted and without repeats; where each
+        of ``row``'s entries lands in their concatenation), computed once per distinct row."""
+        key = (tuple(row.tolist()), vector)
+        if key not in self._plans:
+            idx, inverse = np.unique(row, return_inverse=True)  # ascending
+            runs = [
+                (int(r[0]), int(r[-1]))
+                for r in np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1)
+            ]
+            self._plans[key] = (runs, inverse)
+        return self._plans[key]
+
+    def __call__(self, H: torch.Tensor, values, vector) -> TridiagonalSpectra:
+        """The eigenvalues of index ``values`` (B × m, ascending order, 0 = the smallest) and
+        the eigenvector of index ``vector`` (B,; one of that row of ``values``) of each
+        symmetric ``H`` (B × D × D, CPU float64)."""
+        from scipy.linalg import lapack
+
+        if not isinstance(H, torch.Tensor) or H.dtype != torch.float64 or H.ndim != 3:
+            raise TypeError("H must be a B × D × D float64 torch tensor")
+        if H.device.type != "cpu":
+            raise ValueError(
+                "TridiagonalEigensolver runs on the CPU; use PartialEigensolver"
+            )
+        B, D, _ = H.shape
+        values = np.asarray(values, dtype=np.int64).reshape(B, -1)
+        vector = np.asarray(vector, dtype=np.int64).reshape(B)
+        if (
+            values.min() < 0
+            or values.max() >= D
+            or not (vector[:, None] == values).any(1).all()
+        ):
+            raise ValueError(
+                f"values must be indices in 0 … {D - 1} and vector one of each row's values"
+            )
+        vals = np.empty(values.shape)
+        vecs = np.empty((B, D))
+        tri, lwork = [], 64 * D
+        for b in range(B):
+            # Hᵀ is a column-major view of H: sytrd's copy of it is a memcpy
+            a = H[b].numpy().T
+            c, d, e, tau, info = lapack.dsytrd(a, lower=1, lwork=lwork)
+            ok = info == 0 and np.isfinite(d).all() and np.isfinite(e).all()
+            if ok:
+                runs, inverse = self._plan(values[b], int(vector[b]))
+                got = []
+                for lo, hi in runs:
+                    if lo <= vector[b] <= hi:  # MRRR: the run's eigenpairs
+                        # (stemr overwrites its off-diagonal, one entry longer: a copy)
+                        m, w, z, info_r = lapack.dstemr(
+                            d, np.append(e, 0.0), 3, 0.0, 0.0, lo + 1, hi + 1
+                        )
+                        ok &= info_r == 0 and m == hi - lo + 1
+                        w, zj = w[:m], z[:, vector[b] - lo]
+                        # x = Q z, Q = H(1)…H(D−1) = diag(1, Q') with Q' stored as a QR
+                        # factorisation's reflectors in c[1:, :D−1]
+                        tail, _, info_q = lapack.dormqr(
+                            "L", "N", c[1:, : D - 1], tau, zj[1:, None], lwork
+                        )
+                        ok &= info_q == 0
+                        vecs[b, 0], vecs[b, 1:] = zj[0], tail[:, 0]
+                    else:  # bisection: the run's eigenvalues alone, ascending
+                        m, w, _, _, info_r = lapack.dstebz(
+                            d, e, 2, 0.0, 0.0, lo + 1, hi + 1, 0.0, "E"
+                        )
+                        ok &= info_r == 0 and m == hi - lo + 1
+                        w = w[:m]
+                    got.append(w)
+                vals[b] = np.concatenate(got)[inverse]
+                ok &= bool(np.isfinite(vals[b]).all() and np.isfinite(vecs[b]).all())
+            if not ok:  # counted: a full eigh of this element
+                self.stats["fallbacks"] += 1
+                lam_b, V_b = torch.linalg.eigh(H[b])
+                vals[b] = lam_b.numpy()[values[b]]
+                vecs[b] = V_b[:, int(vector[b])].numpy()
+                d, e = None, lam_b.numpy()
+            tri.append((d, e))
+        self.stats["calls"] += 1
+        self.stats["matrices"] += B
+        self.stats["vectors"] += B
+        return TridiagonalSpectra(torch.from_numpy(vals), torch.from_numpy(vecs), tri)
+
+
+class TridiagonalSpectra:
+    """What :class:`TridiagonalEigensolver` returns: ``values`` (B × m, in the order asked),
+    ``vector`` (B × D) and, on request, every eigenvalue.
+
+    Chapter: {ref}`ch-performance`.
+    """
+
+    __slots__ = ("values", "vector", "_tri", "_all")
+
+    def __init__(self, values, vector, tri):
+        self.values, self.vector, self._tri, self._all = values, vector, tri, None
+
+    def eigenvalues(self) -> torch.Tensor:
+        """Every eigenvalue of each matrix, ascending (B × D), from its tridiagonal form."""
+        from scipy.linalg import lapack
+
+        if self._all is None:
+            out = []
+            for d, e in self._tri:
+                if d is None:  # a fallback element: e holds its eigenvalues
+                    out.append(e)
+                    continue
+                lam, info = lapack.dsterf(d, e)
+                if info != 0:
+                    raise np.linalg.LinAlgError(f"dsterf failed (info {info})")
+                out.append(lam)
+            self._all = torch.from_numpy(np.stack(out))
+        return self._all
 
 
 def _column(V: torch.Tensor, j: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,7 @@ from .linalg import (
     SHIFT,
     ExtremeEigensolver,
     PartialEigensolver,
+    TridiagonalEigensolver,
     _column,
     gram,
 )
@@ -110,11 +111,12 @@ AUTHORS_HOUSE_PRICES: dict[str, object] = dict(
 )
 
 EPS = float(torch.finfo(torch.float64).eps)
-#: the smallest D at which ``solver=None`` picks the partial eigensolver for the policy methods.
-#: Below it the engine keeps ``eigh``, although since both Hessians share one solver call the
-#: partial solver is faster there too (House Prices, D = 71: 3.8 against 4.4 eigh-equivalents
-#: a step, measured once on 2 CPU cores): Ours (adaptive) amplifies rounding on House Prices
-#: (chapter 05), so another default solver would move every House Prices result
+#: the smallest D at which ``solver=None`` picks the tridiagonal (CPU) or partial (GPU)
+#: eigensolver for the policy methods. Below it the engine keeps ``eigh``, although since both
+#: Hessians share one solver call the partial solver is faster there too (House Prices, D = 71:
+#: 3.8 against 4.4 eigh-equivalents a step, measured once on 2 CPU cores): Ours (adaptive)
+#: amplifies rounding on House Prices (chapter 05), so another default solver would move every
+#: House Prices result
 PARTIAL_MIN_D = 96
 
 
@@ -435,6 +437,66 @@ class _Extreme:
         return (self.top + SHIFT) / torch.where(self.low > 0, self.low + SHIFT, inf)
 
 
+class _Tri:
+    """The same from :class:`immulib.linalg.TridiagonalEigensolver`: σ₁, σ₂ (``None`` when not
+    asked for), σ_k at the run's k, the one eigenvector the policy step reads (v₁ of H_P, v_k of
+    H_H), H itself, and every eigenvalue only when a recorded step asks (``rows``: this
+    Hessian's rows of the solver's batch)."""
+
+    __slots__ = ("top", "second", "low", "k", "v", "H", "_spectra", "_rows")
+
+    def __init__(self, top, second, low, k, v, H, spectra, rows):
+        self.top, self.second, self.low, self.k, self.v = top, second, low, k, v
+        self.H, self._spectra, self._rows = H, spectra, rows
+
+    @property
+    def lam(self):
+        return self._spectra.eigenvalues()[self._rows]
+
+    def at(self, k):
+        return self.low  # at the run's k, the only one the step reads
+
+    def outer_top(self):
+        return _outer(self.v)
+
+    def outer_at(self, k):
+        return _outer(self.v)
+
+    def vec_top(self):
+        return self.v
+
+    def vec_at(self, k, index=None):
+        return self.v
+
+    def rebuilt(self):
+        return self.H
+
+    def fro2(self):
+        return torch.linalg.vector_norm(self.H, dim=(-2, -1)) ** 2
+
+    def _full_rank(self, k=None):
+        """Whether, in every row, σ_low is the smallest eigenvalue (the run's k is D; and the
+        k asked for, if any, too) and above the rank rule's tolerance: then the rank is D, κ
+        is σ₁/σ_low, and no row needs every eigenvalue."""
+        D = self.H.shape[-1]
+        full = (self.k == D) & (self.low > self.top.abs() * D * EPS)
+        if k is not None:
+            full &= k == D
+        return bool(full.all())
+
+    def rank(self):
+        if self._full_rank():
+            return torch.full_like(self.k, self.H.shape[-1])
+        return _rank(self.lam)
+
+    def kappa(self, k, convention):
+        if not self._full_rank(k):
+            return _kappa(self.lam, k, convention)
+        if convention == "pinv":
+            return self.top / self.low
+        return (self.top + SHIFT) / (self.low + SHIFT)
+
+
 def _host(x):
     """A float64 tensor's values as a numpy array on the host (no copy on the CPU)."""
     return x.numpy() if x.device.type == "cpu" else x.cpu().numpy()
@@ -452,7 +514,7 @@ def _ends(s, k):
     (numpy). The step sizes are per-problem scalars: computing them on the host costs ~1 µs an
     operation where a torch call on a (B,) tensor costs several, and at D ≤ 100 those calls,
     not the arithmetic, were what a step cost."""
-    if isinstance(s, _Extreme):
+    if isinstance(s, (_Extreme, _Tri)):
         second = None if s.second is None else _host(s.second)
         return None, _host(s.top), second, _host(s.low)
     lam = _host(s.lam)
@@ -582,7 +644,12 @@ def run(
     omega_init=None,
     record_every: int = 10,
     conventions: tuple[str, ...] = ("pinv",),
-    solver: Callable | str | ExtremeEigensolver | PartialEigensolver | None = None,
+    solver: Callable
+    | str
+    | ExtremeEigensolver
+    | PartialEigensolver
+    | TridiagonalEigensolver
+    | None = None,
     progress: bool | None = None,
     desc: str | None = None,
 ):
@@ -593,7 +660,7 @@ def run(
     convention, ``loss_P``), ``info`` a dict (``lam_P``, ``lam_H``: the weights used, per problem;
     ``restoration_steps`` of the constrained method and ``unresolved_kappa_H``: per problem,
     whether its κ(H_H) divides by an eigenvalue below float64's resolution, with a warning;
-    ``solver``: the extreme solver's counters).
+    ``solver``: the partial, tridiagonal or extreme solver's counters and ``name``).
     Each Hessian is decomposed once per step (both in one batched call, so that a step pays
     the per-call cost once; the same numbers, bit for bit, as two calls), and that
     decomposition serves every term, bound and history entry (θ_0's also the weights and
@@ -601,15 +668,18 @@ def run(
     ``solver``: ``"partial"`` / a :class:`immulib.linalg.PartialEigensolver` (every eigenvalue by
     ``eigvalsh``, and only the eigenvectors the terms read by warm-started inverse iteration:
     v₁ of H_P and v_k of H_H for the policy methods, both ends of each for the others),
+    ``"tridiagonal"`` / a :class:`immulib.linalg.TridiagonalEigensolver` (CPU, policy methods
+    only: one Householder reduction of each Hessian, from which the few eigenvalues and the one
+    eigenvector a policy step reads; every eigenvalue only on a recorded step),
     ``"eigh"`` (the batched ``torch.linalg.eigh``), a callable ``H -> (eigenvalues ascending,
     eigenvectors)`` in its place, or ``"extreme"`` / an
     :class:`immulib.linalg.ExtremeEigensolver`: only the eigenpairs the terms read (σ₁, v₁, σ₂,
     σ_min of H_P; σ₁, σ_min, v_min of H_H), by warm-started LOBPCG; it needs full-rank
-    Hessians. None (the default) is ``"partial"`` for ``"ours"`` and its ablations when
-    D ≥ :data:`PARTIAL_MIN_D`, else ``"eigh"`` (for the other methods always, so their results
-    are bit for bit those of earlier releases).
-    The partial and extreme solvers' fallbacks to ``eigh`` are counted in ``info["solver"]``
-    and warned about.
+    Hessians. None (the default) is, for ``"ours"`` and its ablations when
+    D ≥ :data:`PARTIAL_MIN_D`, ``"tridiagonal"`` on the CPU and ``"partial"`` on a GPU, else
+    ``"eigh"`` (for the other methods always, so their results are bit for bit those of
+    earlier releases).
+    The solvers' fallbacks to ``eigh`` are counted in ``info["solver"]`` and warned about.
     Knobs: see :func:`immunize`. The ``"released"`` policy needs the rows of X: use
     :func:`immunize`.
 
@@ -641,17 +711,25 @@ def run(
     ):  # the policy step reads two eigenvectors (the others four): below
         # PARTIAL_MIN_D eigh stays the default, so that House Prices results do not move
         solver = (
-            "partial"
+            ("tridiagonal" if prob.KP.device.type == "cpu" else "partial")
             if method in POLICY_METHODS and prob.D >= PARTIAL_MIN_D
             else "eigh"
         )
     custom = callable(solver) and not isinstance(
-        solver, (str, ExtremeEigensolver, PartialEigensolver)
+        solver, (str, ExtremeEigensolver, PartialEigensolver, TridiagonalEigensolver)
     )
     eig, eigvals, extreme = _solvers(solver)
     partial = extreme if isinstance(extreme, PartialEigensolver) else None
-    if partial is not None:
+    tri = extreme if isinstance(extreme, TridiagonalEigensolver) else None
+    if partial is not None or tri is not None:
         extreme = None
+    if tri is not None and method not in POLICY_METHODS:
+        raise ValueError(
+            f'solver="tridiagonal" gives the one eigenvector of each Hessian that the policy '
+            f'methods read; method="{method}" reads both ends\' (use "partial" or "eigh")'
+        )
+    if tri is not None and prob.KP.device.type != "cpu":
+        raise ValueError('solver="tridiagonal" runs on the CPU; use "partial" on a GPU')
     B, D, dev = prob.B, prob.D, prob.KP.device
     theta = (
         torch.eye(D, dtype=torch.float64, device=dev).expand(B, D, D).clone()
@@ -712,6 +790,18 @@ def run(
             V0 = torch.cat([VP0, VH0])
             for name, idx in want.items():
                 partial.seed("PH", name, _column(V0, idx))
+    if tri is not None:
+        # per row of the stacked Hessians (P's B rows, then H's), the eigenvalues the step
+        # reads by ascending index (of H_P σ₁, σ₂, σ_k; of H_H σ₁, σ_k, repeated to the same
+        # width) and the one eigenvector (v₁ of H_P, v_k of H_H)
+        kP_h, kH_h, top_h = _host(kP), _host(kH), np.full(B, D - 1)
+        tri_values = np.concatenate(
+            [
+                np.stack([top_h, top_h - 1, D - kP_h], 1),
+                np.stack([top_h, D - kH_h, D - kH_h], 1),
+            ]
+        )
+        tri_vector = np.concatenate([top_h, D - kH_h])
     # K_P decomposed once: κ(K_P) = κ(H_P(I)) (Definition 3.1 (b)) and, constrained, K_P⁺
     if method == "constrained":
         lamK, VK = eig(prob.KP)
@@ -828,6 +918,15 @@ def run(
         elif extreme is not None:
             sP = _Extreme(extreme(HP, "P", **need_P), HP)
             sH = _Extreme(extreme(HH, "H", **need_H), HH)
+        elif tri is not None:  # both Hessians in one call
+            out = tri(Hs.flatten(0, 1), tri_values, tri_vector)
+            val, vec = out.values, out.vector
+            sP = _Tri(
+                val[:B, 0], val[:B, 1], val[:B, 2], kP, vec[:B], HP, out, slice(0, B)
+            )
+            sH = _Tri(
+                val[B:, 0], None, val[B:, 1], kH, vec[B:], HH, out, slice(B, 2 * B)
+            )
         elif partial is not None:  # both Hessians in one call
             lam, vecs = partial(Hs.flatten(0, 1), "PH", want)
             if method in POLICY_METHODS:
@@ -929,14 +1028,13 @@ def run(
             _Full(lamH, None),
             _loss(prob, *_sup(prob, theta, omega)[2:]),
         )
-    used = extreme if extreme is not None else partial
+    used = next((s for s in (extreme, partial, tri) if s is not None), None)
     if used is not None:
-        info["solver"] = dict(used.stats)
+        info["solver"] = dict(used.stats, name=type(used).__name__)
         if used.stats["fallbacks"]:
             warnings.warn(
-                f"the {'extreme' if extreme is not None else 'partial'} eigensolver fell back "
-                f"to a full eigh for {used.stats['fallbacks']} matrices (of {2 * B * steps}); "
-                "see info['solver']",
+                f"the {type(used).__name__} fell back to a full eigh for "
+                f"{used.stats['fallbacks']} matrices (of {2 * B * steps}); see info['solver']",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -952,14 +1050,18 @@ def _solvers(solver):
         return _eig, _eigvals, PartialEigensolver()
     if solver == "extreme":
         return _eig, _eigvals, ExtremeEigensolver()
-    if isinstance(solver, (ExtremeEigensolver, PartialEigensolver)):
+    if solver == "tridiagonal":
+        return _eig, _eigvals, TridiagonalEigensolver()
+    if isinstance(
+        solver, (ExtremeEigensolver, PartialEigensolver, TridiagonalEigensolver)
+    ):
         return _eig, _eigvals, solver
     if callable(solver) and not isinstance(solver, str):
         return solver, lambda H: solver(H)[0], None
     raise TypeError(
-        'solver must be None, "partial", "eigh", "extreme", an immulib.linalg.'
-        "PartialEigensolver or ExtremeEigensolver, or a callable H -> (eigenvalues "
-        f"ascending, eigenvectors), got {solver!r}"
+        'solver must be None, "partial", "tridiagonal", "eigh", "extreme", an '
+        "immulib.linalg.PartialEigensolver, TridiagonalEigensolver or ExtremeEigensolver, "
+        f"or a callable H -> (eigenvalues ascending, eigenvectors), got {solver!r}"
     )
 
 

@@ -275,3 +275,35 @@ def test_partial_eigensolver_matches_eigh_on_full_and_singular_batches_and_count
         linalg.PartialEigensolver(iters=0)
     with pytest.raises(ValueError, match="rtol"):
         linalg.PartialEigensolver(rtol=-1.0)
+
+
+def test_tridiagonal_eigensolver_matches_eigh_on_full_and_singular_batches():
+    """The chosen eigenvalues (by ascending index, repeats allowed, in the order asked) and the
+    one eigenvector from one Householder reduction, and every eigenvalue on request, against
+    eigh; bad input refused by name."""
+    H = _spd_batch(1, kappa=1e8)
+    D = H.shape[-1]
+    gen = torch.Generator().manual_seed(3)
+    Q = torch.linalg.qr(torch.randn(4, D, D, generator=gen, dtype=torch.float64)).Q
+    lam_s = torch.cat([torch.zeros(3), torch.logspace(0, 6, D - 3)]).to(torch.float64)
+    S = (Q * lam_s[None, None, :]) @ Q.mT
+    for M, low in ((H, 0), ((S + S.mT) / 2, 3)):
+        solver = linalg.TridiagonalEigensolver()
+        lam, V = torch.linalg.eigh(M)
+        values = np.array([[D - 1, D - 2, low]] * 2 + [[low, D - 1, low]] * 2)
+        vector = np.array([D - 1, D - 1, low, low])
+        got = solver(M, values, vector)
+        atol = 1e-12 * float(lam.max())
+        want = torch.gather(lam, 1, torch.from_numpy(values))
+        torch.testing.assert_close(got.values, want, rtol=0, atol=atol)
+        torch.testing.assert_close(got.eigenvalues(), lam, rtol=0, atol=atol)
+        cos = (got.vector * V[torch.arange(4), :, torch.from_numpy(vector)]).sum(-1)
+        assert float((1 - cos.abs()).abs().max()) < 1e-10
+        assert solver.stats == dict(calls=1, matrices=4, vectors=4, fallbacks=0)
+    solver = linalg.TridiagonalEigensolver()
+    with pytest.raises(TypeError, match="float64"):
+        solver(H.float(), values, vector)
+    with pytest.raises(ValueError, match="indices"):
+        solver(H, values + D, vector)
+    with pytest.raises(ValueError, match="vector"):
+        solver(H, values, np.full(4, 1))

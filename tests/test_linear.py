@@ -555,17 +555,57 @@ def test_one_batched_decomposition_of_both_hessians_is_two_separate_ones(method)
     pd.testing.assert_frame_equal(got[2], ref[2])
 
 
-def test_the_default_solver_is_partial_for_the_policy_methods_at_large_D_only():
+def test_the_default_solver_is_tridiagonal_for_the_policy_methods_at_large_D_only():
+    """On the CPU; on a GPU it is the partial solver (not testable here)."""
     small = _full_rank_problem(D=24, B=1)
     large = _full_rank_problem(D=lin.PARTIAL_MIN_D, B=1)
     for method in ("ours", "r_ill_only", "opt_kappa", "constrained"):
         for prob in (small, large):
             got = lin.run(prob, method, steps=2, progress=False)
             ref = lin.run(prob, method, steps=2, progress=False, solver="eigh")
-            partial = method in lin.POLICY_METHODS and prob is large
-            assert ("solver" in got[3]) == partial, (method, prob.D)
-            if not partial:  # then it is eigh, bit for bit
+            special = method in lin.POLICY_METHODS and prob is large
+            assert ("solver" in got[3]) == special, (method, prob.D)
+            if special:
+                assert got[3]["solver"]["name"] == "TridiagonalEigensolver"
+            else:  # then it is eigh, bit for bit
                 assert torch.equal(got[0], ref[0])
+
+
+@pytest.mark.parametrize(
+    "method, policy",
+    [("ours", "adaptive"), ("ours", "paper"), ("r_well_only", "adaptive"),
+     ("r_ill_only", "adaptive")],
+)  # fmt: skip
+def test_the_tridiagonal_eigensolver_gives_the_eigh_results(method, policy):
+    """One Householder reduction per Hessian, the few eigenvalues and the one vector the
+    policy step reads from it: the runs agree with eigh to 1e-9 relative, also on a singular
+    K_H (σ_k inside the spectrum), with no fallback; the methods that read both ends of the
+    spectrum are refused."""
+    XP, yP, XH, _ = _task(n=60, d=24)
+    XH = XH.copy()
+    XH[:, -1] = XH[:, 0]  # rank-deficient K_H
+    kw = dict(policy=policy, steps=15, record_every=1, progress=False,
+              conventions=("pinv", "shifted"))  # fmt: skip
+    for prob, full_rank in (
+        (_full_rank_problem(), True),
+        (lin.Problem.from_data(XP, yP, XH), False),
+    ):
+        ref = lin.run(prob, method, solver="eigh", **kw)
+        got = lin.run(prob, method, solver="tridiagonal", **kw)
+        scale = float(ref[0].abs().max())
+        assert float((got[0] - ref[0]).abs().max()) <= 1e-9 * scale
+        np.testing.assert_allclose(got[2].kappa_H, ref[2].kappa_H, rtol=1e-9)
+        np.testing.assert_allclose(got[2].kappa_P, ref[2].kappa_P, rtol=1e-9)
+        if full_rank:  # the shifted κ of a singular Hessian counts the null eigenvalues
+            # that rounding puts above 0: two exact solvers disagree there
+            for col in ("kappa_P_shifted", "kappa_H_shifted"):
+                np.testing.assert_allclose(got[2][col], ref[2][col], rtol=1e-9)
+        stats = got[3]["solver"]
+        assert stats["fallbacks"] == 0 and stats["calls"] == 14
+        assert stats["matrices"] == 2 * prob.B * 14
+        assert float((ref[0] - torch.eye(prob.D)).abs().max()) > 1e-4  # θ moved
+    with pytest.raises(ValueError, match="tridiagonal"):
+        lin.run(_full_rank_problem(), "opt_kappa", steps=2, solver="tridiagonal")
 
 
 def test_the_extreme_eigensolver_refuses_singular_hessians_and_bad_solvers():
