@@ -462,10 +462,10 @@ class TridiagonalEigensolver:
             )
         vals = np.empty(values.shape)
         vecs = np.empty((B, D))
-        tri, lwork = [], 64 * D
+        tri, lwork, Hn = [], 64 * D, H.detach().numpy()
         for b in range(B):
             # Hᵀ is a column-major view of H: sytrd's copy of it is a memcpy
-            a = H[b].numpy().T
+            a = Hn[b].T
             c, d, e, tau, info = lapack.dsytrd(a, lower=1, lwork=lwork)
             ok = info == 0 and np.isfinite(d).all() and np.isfinite(e).all()
             if ok:
