@@ -242,15 +242,22 @@ def test_partial_eigensolver_on_a_stacked_batch_is_bit_for_bit_two_calls():
     assert one.stats["calls"] == 2 and two.stats["calls"] == 4
 
 
-def test_partial_eigensolver_matches_eigh_on_full_and_singular_batches_and_counts_fallbacks():
+def _full_and_singular_batches():
+    """A full-rank batch (4 × D × D, κ = 1e8) and a singular one of rank D − 3, each with the
+    index of its smallest nonzero eigenvalue."""
     H = _spd_batch(1, kappa=1e8)
     D = H.shape[-1]
-    # a singular batch: rank D - 3, the wanted vector that of the smallest nonzero eigenvalue
     gen = torch.Generator().manual_seed(3)
     Q = torch.linalg.qr(torch.randn(4, D, D, generator=gen, dtype=torch.float64)).Q
     lam_s = torch.cat([torch.zeros(3), torch.logspace(0, 6, D - 3)]).to(torch.float64)
     S = (Q * lam_s[None, None, :]) @ Q.mT
-    for name, M, low in (("full", H, 0), ("singular", (S + S.mT) / 2, 3)):
+    return H, D, (("full", H, 0), ("singular", (S + S.mT) / 2, 3))
+
+
+def test_partial_eigensolver_matches_eigh_on_full_and_singular_batches_and_counts_fallbacks():
+    # the singular batch's wanted vector is that of the smallest nonzero eigenvalue
+    H, D, batches = _full_and_singular_batches()
+    for name, M, low in batches:
         solver = linalg.PartialEigensolver()
         lam, V = torch.linalg.eigh(M)
         want = {"top": torch.full((4,), D - 1), "low": torch.full((4,), low)}
@@ -281,13 +288,8 @@ def test_tridiagonal_eigensolver_matches_eigh_on_full_and_singular_batches():
     """The chosen eigenvalues (by ascending index, repeats allowed, in the order asked) and the
     one eigenvector from one Householder reduction, and every eigenvalue on request, against
     eigh; bad input refused by name."""
-    H = _spd_batch(1, kappa=1e8)
-    D = H.shape[-1]
-    gen = torch.Generator().manual_seed(3)
-    Q = torch.linalg.qr(torch.randn(4, D, D, generator=gen, dtype=torch.float64)).Q
-    lam_s = torch.cat([torch.zeros(3), torch.logspace(0, 6, D - 3)]).to(torch.float64)
-    S = (Q * lam_s[None, None, :]) @ Q.mT
-    for M, low in ((H, 0), ((S + S.mT) / 2, 3)):
+    H, D, batches = _full_and_singular_batches()
+    for _, M, low in batches:
         solver = linalg.TridiagonalEigensolver()
         lam, V = torch.linalg.eigh(M)
         values = np.array([[D - 1, D - 2, low]] * 2 + [[low, D - 1, low]] * 2)
