@@ -3,8 +3,9 @@
 Each method of :mod:`immulib.linear` decomposes θᵀK_Pθ and θᵀK_Hθ once per step (both in one
 batched call) and reuses the decompositions for every term, bound and recorded κ (θ_0's also for the weights, the ranks and
 step 0; of K_P and of the last recorded iterate only the eigenvalues are computed). A step of
-Ours costs the two decompositions (from D = ``linear.PARTIAL_MIN_D`` on, the partial solver's:
-every eigenvalue and the two eigenvectors the step reads), five D × D products (θᵀKθ twice,
+Ours costs the two decompositions (from D = ``linear.PARTIAL_MIN_D`` on, the tridiagonal
+solver's, since this benchmark runs on the CPU: one Householder reduction of each Hessian, the
+few eigenvalues and the two eigenvectors the step reads), five D × D products (θᵀKθ twice,
 θ times one combination of the two Hessians) and a rank-3 update; its per-problem step sizes
 are computed on the host (numpy), so at D ≤ 100, where torch's per-call cost is what remains,
 a step of Ours makes about 87 torch calls with ``eigh`` and 119 with the partial solver (views

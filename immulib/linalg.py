@@ -9,6 +9,7 @@ the probe Hessian θᵀKθ is derived in "Linear probing and its Hessian".
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Literal
 
@@ -412,8 +413,10 @@ class TridiagonalEigensolver:
     (``ormqr``). Every eigenvalue is computed only when asked for (``sterf``,
     :meth:`immulib.linalg.TridiagonalSpectra.eigenvalues`, e.g. for a recorded step). A call
     costs about one ``eigvalsh``'s tridiagonalisation: no iteration, no warm start, so nothing
-    to converge and no fallback (``stats["fallbacks"]`` counts only elements that LAPACK
-    refuses, which then get a full ``torch.linalg.eigh``). The policy step of
+    to converge (``stats["fallbacks"]`` counts the elements that LAPACK refuses, e.g. a
+    bisection that cannot separate a cluster of eigenvalues equal to rounding, which then get
+    a full ``torch.linalg.eigh``). Each matrix is divided by a power of two first (exact), and
+    scipy's BLAS runs with torch's thread count. The policy step of
     :func:`immulib.linear.run` reads only a few eigenvalues and one eigenvector of each
     Hessian, so on the CPU this is its default solver from D = 96 on.
 
@@ -423,6 +426,60 @@ class TridiagonalEigensolver:
     def __init__(self):
         self.stats = dict(calls=0, matrices=0, vectors=0, fallbacks=0)
         self._plans: dict = {}  # a row of indices -> its runs of consecutive indices
+        try:  # scipy's BLAS threads, limited per call (see __call__)
+            from threadpoolctl import ThreadpoolController
+
+            self._pool = ThreadpoolController()
+        except ImportError:  # pragma: no cover - it comes with scikit-learn
+            self._pool = None
+
+    def _one(self, Hb: np.ndarray, row: np.ndarray, j: int):
+        """(the eigenvalues of index ``row``, the eigenvector of index ``j``, (d, e, scale) of
+        the tridiagonal form) of one matrix, or None where LAPACK refuses it or returns a
+        non-finite number. The matrix is divided by a power of two (exact) so that its largest
+        entry lies in [0.5, 1), and the eigenvalues are scaled back."""
+        from scipy.linalg import lapack
+
+        D = Hb.shape[0]
+        top = float(np.abs(Hb).max())
+        if not math.isfinite(top) or top == 0.0:
+            return None
+        scale = math.ldexp(1.0, math.frexp(top)[1])
+        # Hᵀ / scale: a column-major copy that sytrd may overwrite (no copy of its own)
+        a, lwork = Hb.T / scale, 64 * D
+        c, d, e, tau, info = lapack.dsytrd(a, lower=1, lwork=lwork, overwrite_a=1)
+        if info != 0 or not (np.isfinite(d).all() and np.isfinite(e).all()):
+            return None
+        runs, inverse = self._plan(row, j)
+        got, vec = [], None
+        for lo, hi in runs:
+            if lo <= j <= hi:  # MRRR: the run's eigenpairs
+                # (stemr overwrites its off-diagonal, one entry longer: a copy)
+                m, w, z, info = lapack.dstemr(
+                    d, np.append(e, 0.0), 3, 0.0, 0.0, lo + 1, hi + 1
+                )
+                if info != 0 or m != hi - lo + 1:
+                    return None
+                zj = z[:, j - lo]
+                # x = Q z, Q = H(1)…H(D−1) = diag(1, Q') with Q' stored as a QR
+                # factorisation's reflectors in c[1:, :D−1]
+                tail, _, info = lapack.dormqr(
+                    "L", "N", c[1:, : D - 1], tau, zj[1:, None], lwork
+                )
+                if info != 0:
+                    return None
+                vec = np.concatenate([zj[:1], tail[:, 0]])
+            else:  # bisection: the run's eigenvalues alone, ascending
+                m, w, _, _, info = lapack.dstebz(
+                    d, e, 2, 0.0, 0.0, lo + 1, hi + 1, 0.0, "E"
+                )
+                if info != 0 or m != hi - lo + 1:
+                    return None
+            got.append(w[:m])
+        vals = np.concatenate(got)[inverse] * scale
+        if not (np.isfinite(vals).all() and np.isfinite(vec).all()):
+            return None
+        return vals, vec, (d, e, scale)
 
     def _plan(self, row, vector: int):
         """(the runs of consecutive indices of ``row``, sorted and without repeats; where each
@@ -441,7 +498,6 @@ class TridiagonalEigensolver:
         """The eigenvalues of index ``values`` (B × m, ascending order, 0 = the smallest) and
         the eigenvector of index ``vector`` (B,; one of that row of ``values``) of each
         symmetric ``H`` (B × D × D, CPU float64)."""
-        from scipy.linalg import lapack
 
         if not isinstance(H, torch.Tensor) or H.dtype != torch.float64 or H.ndim != 3:
             raise TypeError("H must be a B × D × D float64 torch tensor")
@@ -462,46 +518,24 @@ class TridiagonalEigensolver:
             )
         vals = np.empty(values.shape)
         vecs = np.empty((B, D))
-        tri, lwork, Hn = [], 64 * D, H.detach().numpy()
-        for b in range(B):
-            # Hᵀ is a column-major view of H: sytrd's copy of it is a memcpy
-            a = Hn[b].T
-            c, d, e, tau, info = lapack.dsytrd(a, lower=1, lwork=lwork)
-            ok = info == 0 and np.isfinite(d).all() and np.isfinite(e).all()
-            if ok:
-                runs, inverse = self._plan(values[b], int(vector[b]))
-                got = []
-                for lo, hi in runs:
-                    if lo <= vector[b] <= hi:  # MRRR: the run's eigenpairs
-                        # (stemr overwrites its off-diagonal, one entry longer: a copy)
-                        m, w, z, info_r = lapack.dstemr(
-                            d, np.append(e, 0.0), 3, 0.0, 0.0, lo + 1, hi + 1
-                        )
-                        ok &= info_r == 0 and m == hi - lo + 1
-                        w, zj = w[:m], z[:, vector[b] - lo]
-                        # x = Q z, Q = H(1)…H(D−1) = diag(1, Q') with Q' stored as a QR
-                        # factorisation's reflectors in c[1:, :D−1]
-                        tail, _, info_q = lapack.dormqr(
-                            "L", "N", c[1:, : D - 1], tau, zj[1:, None], lwork
-                        )
-                        ok &= info_q == 0
-                        vecs[b, 0], vecs[b, 1:] = zj[0], tail[:, 0]
-                    else:  # bisection: the run's eigenvalues alone, ascending
-                        m, w, _, _, info_r = lapack.dstebz(
-                            d, e, 2, 0.0, 0.0, lo + 1, hi + 1, 0.0, "E"
-                        )
-                        ok &= info_r == 0 and m == hi - lo + 1
-                        w = w[:m]
-                    got.append(w)
-                vals[b] = np.concatenate(got)[inverse]
-                ok &= bool(np.isfinite(vals[b]).all() and np.isfinite(vecs[b]).all())
-            if not ok:  # counted: a full eigh of this element
-                self.stats["fallbacks"] += 1
-                lam_b, V_b = torch.linalg.eigh(H[b])
-                vals[b] = lam_b.numpy()[values[b]]
-                vecs[b] = V_b[:, int(vector[b])].numpy()
-                d, e = None, lam_b.numpy()
-            tri.append((d, e))
+        tri, Hn = [], H.detach().numpy()
+        # LAPACK in scipy's BLAS with torch's thread count (its own default ignores it)
+        with (
+            self._pool.limit(limits=torch.get_num_threads(), user_api="blas")
+            if self._pool is not None
+            else contextlib.nullcontext()
+        ):
+            for b in range(B):
+                one = self._one(Hn[b], values[b], int(vector[b]))
+                if one is None:  # counted: a full eigh of this element
+                    self.stats["fallbacks"] += 1
+                    lam_b, V_b = torch.linalg.eigh(H[b])
+                    vals[b] = lam_b.numpy()[values[b]]
+                    vecs[b] = V_b[:, int(vector[b])].numpy()
+                    tri.append((None, lam_b.numpy(), 1.0))
+                else:
+                    vals[b], vecs[b] = one[0], one[1]
+                    tri.append(one[2])
         self.stats["calls"] += 1
         self.stats["matrices"] += B
         self.stats["vectors"] += B
@@ -526,14 +560,14 @@ class TridiagonalSpectra:
 
         if self._all is None:
             out = []
-            for d, e in self._tri:
+            for d, e, scale in self._tri:
                 if d is None:  # a fallback element: e holds its eigenvalues
                     out.append(e)
                     continue
                 lam, info = lapack.dsterf(d, e)
                 if info != 0:
                     raise np.linalg.LinAlgError(f"dsterf failed (info {info})")
-                out.append(lam)
+                out.append(lam * scale)
             self._all = torch.from_numpy(np.stack(out))
         return self._all
 

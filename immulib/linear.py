@@ -490,7 +490,10 @@ class _Tri:
         return _rank(self.lam)
 
     def kappa(self, k, convention):
-        if not self._full_rank(k):
+        # the shifted κ's rule drops an eigenvalue that the shift swallows (λ + SHIFT = SHIFT)
+        if not self._full_rank(k) or (
+            convention != "pinv" and not bool((self.low + SHIFT > SHIFT).all())
+        ):
             return _kappa(self.lam, k, convention)
         if convention == "pinv":
             return self.top / self.low

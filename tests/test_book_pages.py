@@ -129,15 +129,23 @@ def test_format_chapters_rewraps_a_comment_block_as_one_paragraph(tmp_path):
     first, rest = " ".join(words[:14]), " ".join(words[14:20])
     page.write_text(
         "# t\n\n```{code-cell} ipython3\n"
-        f"# {first}\n# {rest}\n#\n#   kept as it is\nvalue = 1\n```\n"
+        f"# {first}\n# {rest}\n#\n#   kept as it is\nvalue = 1\n"
+        f"# {first}\n# fmt: skip\nother = 2\n```\n"
     )
     assert len(f"# {first}") > format_chapters.LIMIT
     assert format_chapters.main([str(page)]) == 0
     code = page.read_text().split("ipython3\n", 1)[1].rsplit("```", 1)[0]
     lines = code.splitlines()
-    comment = [line[2:] for line in lines if line.startswith("# ")]
+    block = lines[: lines.index("#")]
+    comment = [line[2:] for line in block if line.startswith("# ")]
     # the sentence is kept word for word, and its lines are filled (no word left alone
     # between them), the empty "#" and what follows it untouched
-    assert " ".join(comment[:-1]).split() == words[:20]
-    assert all(len(line) > format_chapters.LIMIT - 12 for line in comment[:-2])
-    assert lines[-3:] == ["#", "#   kept as it is", "value = 1"]
+    assert len(comment) == len(block) and " ".join(comment).split() == words[:20]
+    assert all(len(line) > format_chapters.LIMIT - 12 for line in comment[:-1])
+    assert lines[lines.index("value = 1") - 2 : lines.index("value = 1") + 1] == [
+        "#",
+        "#   kept as it is",
+        "value = 1",
+    ]
+    # a tool's pragma after a long comment stays a line of its own
+    assert lines[-2:] == ["# fmt: skip", "other = 2"]

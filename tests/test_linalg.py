@@ -1,5 +1,7 @@
 """immulib.linalg: condition numbers under both conventions, rank, Gram matrices, probe Hessian."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -309,3 +311,44 @@ def test_tridiagonal_eigensolver_matches_eigh_on_full_and_singular_batches():
         solver(H, values + D, vector)
     with pytest.raises(ValueError, match="vector"):
         solver(H, values, np.full(4, 1))
+
+
+def test_tridiagonal_eigensolver_scales_and_falls_back_where_lapack_refuses(
+    monkeypatch,
+):
+    """At |H| ~ 1e-200 and 1e200 the values are those of eigh (the matrix is divided by a
+    power of two first); where bisection refuses (a cluster it cannot separate) the element
+    gets a full eigh, counted, and the result is still exact."""
+    from scipy.linalg import lapack
+
+    H, D, _ = _full_and_singular_batches()
+    values, vector = np.array([[D - 1, D - 2, 0]] * 4), np.full(4, D - 1)
+    for factor in (1e-200, 1e200):
+        M = H * factor
+        lam = torch.linalg.eigvalsh(M)
+        got = linalg.TridiagonalEigensolver()(M, values, vector)
+        want = torch.gather(lam, 1, torch.from_numpy(values))
+        atol = 1e-12 * float(lam.max())  # eigh's own accuracy: eps·‖H‖
+        assert 0 < atol < math.inf
+        torch.testing.assert_close(got.values, want, rtol=0, atol=atol)
+        torch.testing.assert_close(got.eigenvalues(), lam, rtol=0, atol=atol)
+    real = lapack.dstebz
+    calls = []
+
+    def refuses_once(*args):
+        calls.append(1)
+        out = real(*args)
+        return (0, out[1], out[2], out[3], 2) if len(calls) == 1 else out
+
+    monkeypatch.setattr(lapack, "dstebz", refuses_once)
+    solver = linalg.TridiagonalEigensolver()
+    got = solver(H, values, vector)
+    lam, V = torch.linalg.eigh(H)
+    assert solver.stats["fallbacks"] == 1 and len(calls) == 4
+    want = torch.gather(lam, 1, torch.from_numpy(values))
+    torch.testing.assert_close(got.values, want, rtol=0, atol=1e-12 * float(lam.max()))
+    torch.testing.assert_close(
+        got.eigenvalues(), lam, rtol=0, atol=1e-12 * float(lam.max())
+    )
+    cos = (got.vector * V[..., -1]).sum(-1).abs()
+    assert float((1 - cos).abs().max()) < 1e-10

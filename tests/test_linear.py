@@ -571,6 +571,28 @@ def test_the_default_solver_is_tridiagonal_for_the_policy_methods_at_large_D_onl
                 assert torch.equal(got[0], ref[0])
 
 
+def test_the_tridiagonal_spectra_give_the_full_rank_and_kappa():
+    """What the engine reads of a tridiagonal solve (σ₁, σ₂, σ_k at the run's k, and rank and
+    κ from the extremes where they suffice) equals what the full spectrum gives, in both
+    conventions, on a full-rank batch and on a singular one (k < D: σ_k inside the spectrum)."""
+    gen = torch.Generator().manual_seed(4)
+    D = 12
+    A = torch.randn(3, D, D, generator=gen, dtype=torch.float64)
+    B = torch.randn(3, D, D - 4, generator=gen, dtype=torch.float64)
+    for H, rank in ((A @ A.mT, D), (B @ B.mT, D - 4)):
+        k = torch.full((3,), rank)
+        values = np.stack([np.full(3, D - 1), np.full(3, D - 2), D - k.numpy()], 1)
+        out = linalg.TridiagonalEigensolver()(H, values, np.full(3, D - 1))
+        tri = lin._Tri(*out.values.unbind(1), k, out.vector, H, out, slice(0, 3))
+        full = lin._Full(out.eigenvalues(), None, H)
+        assert torch.equal(tri.rank(), full.rank()) and bool((tri.rank() == rank).all())
+        for c in ("pinv", "shifted"):
+            torch.testing.assert_close(
+                tri.kappa(tri.rank(), c), full.kappa(full.rank(), c), rtol=1e-12, atol=0
+            )
+        torch.testing.assert_close(tri.fro2(), full.fro2(), rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize(
     "method, policy",
     [("ours", "adaptive"), ("ours", "paper"), ("r_well_only", "adaptive"),

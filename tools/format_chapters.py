@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 88
 FENCE_RE = re.compile(r"^(?P<fence>`{3,})\{code-cell\}")
+#: comments that are instructions to a tool, never part of a paragraph to rewrap
+PRAGMAS = ("fmt:", "noqa", "type:", "pragma", "ruff:")
 
 
 @dataclass
@@ -149,7 +151,7 @@ def _split_once(code: str, comments_only: bool = False) -> str | None:
                 # rewrapped with it (no word left alone on a line in the middle)
                 while end < len(lines):
                     match = re.fullmatch(re.escape(indent) + r"# (\S.*)", lines[end])
-                    if not match:
+                    if not match or match[1].startswith(PRAGMAS):
                         break
                     text += " " + match[1].strip()
                     end += 1
