@@ -729,7 +729,8 @@ def run(
     if tri is not None and method not in POLICY_METHODS:
         raise ValueError(
             f'solver="tridiagonal" gives the one eigenvector of each Hessian that the policy '
-            f'methods read; method="{method}" reads both ends\' (use "partial" or "eigh")'
+            f'methods read; method="{method}" reads the eigenvectors of both ends of each '
+            'spectrum (use "partial" or "eigh")'
         )
     if tri is not None and prob.KP.device.type != "cpu":
         raise ValueError('solver="tridiagonal" runs on the CPU; use "partial" on a GPU')
