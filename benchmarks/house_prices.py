@@ -8,7 +8,7 @@ solver's, since this benchmark runs on the CPU: one Householder reduction of eac
 few eigenvalues and the two eigenvectors the step reads), five D × D products (θᵀKθ twice,
 θ times one combination of the two Hessians) and a rank-3 update; its per-problem step sizes
 are computed on the host (numpy), so at D ≤ 100, where torch's per-call cost is what remains,
-a step of Ours makes about 87 torch calls with ``eigh`` and 119 with the partial solver (views
+a step of Ours makes about 92 torch calls with ``eigh`` and 128 with the partial solver (views
 included, counted with ``torch.profiler`` on House Prices). This benchmark measures, in
 one process, the time per step of a run of each full-batch method (``immulib.linear.run``,
 record_every = the whole run, its once-per-run set-up included) and of one ``eigh`` at the same

@@ -577,15 +577,24 @@ def _grad_log_kappa(theta, K, s, k):
     return 2 * K @ theta @ M
 
 
+def _matvec(A, x):
+    """A x of each batch element (A (B, m, n), x (B, n)) -> (B, m), by the batched
+    matrix-matrix product on two copies of x: a one-column product takes a matrix-vector kernel
+    when B = 1 whose rounding differs from the batched one's, so a problem's result would
+    depend on how many problems run beside it (the methods that amplify rounding, chapter
+    {ref}`ch-house-prices`, then end elsewhere). With two columns every B gives the batched
+    kernel's numbers, bit for bit."""
+    return torch.matmul(A, x[..., None].expand(*x.shape, 2))[..., 0]
+
+
 def _sup(prob: Problem, theta, omega):
     """(g_u, ∇_ωL, u = θω, K_s u) of the supervised loss, batched: ∇_θL = g_u ωᵀ (rank one,
     formed only by the methods that need it as a matrix); L itself is :func:`_loss` of the last
     two, computed only where it is recorded."""
-    u = torch.bmm(theta, omega[..., None])
-    Ku = torch.bmm(prob.Ks, u)[..., 0]
-    u = u[..., 0]
+    u = _matvec(theta, omega)
+    Ku = _matvec(prob.Ks, u)
     gu = 2 * (Ku - prob.bs) / prob.Ns[:, None]
-    return gu, torch.bmm(theta.mT, gu[..., None])[..., 0], u, Ku
+    return gu, _matvec(theta.mT, gu), u, Ku
 
 
 def _loss(prob: Problem, u, Ku):
@@ -683,6 +692,9 @@ def run(
     ``"eigh"`` (for the other methods always, so their results are bit for bit those of
     earlier releases).
     The solvers' fallbacks to ``eigh`` are counted in ``info["solver"]`` and warned about.
+    A problem's result does not depend on the batch it runs in: alone or beside others it gets
+    the same θ and ω, bit for bit (with every solver but the extreme one, whose iterations run
+    until every element of the batch has converged).
     Knobs: see :func:`immunize`. The ``"released"`` policy needs the rows of X: use
     :func:`immunize`.
 
@@ -1149,7 +1161,9 @@ def _policy_step(pol, theta, omega, gu, spec_P, spec_H, consts, knobs):
     # (B, D, m + 1): the vectors of the low-rank update
     V = torch.stack([*vecs, omega], -1)
     W = V * _to(np.array(vec_weights).T[:, None, :], theta)
-    U = torch.cat([torch.bmm(theta, V[..., :-1]), gu[..., None]], -1)
+    # θ times the vectors (ω too: two columns at least, see _matvec), ω's column then g_u
+    U = torch.bmm(theta, V)
+    U[..., -1] = gu
     if a is None:
         return torch.baddbmm(theta, U, W.mT, alpha=-1)
     C = H_list[0] * a[:, 0]
@@ -1163,19 +1177,17 @@ def _imma_grad(prob, theta, omega, mu, inner_steps, kH):
     """∇_θ of L(D_P) − μ·L_H(w_T) by autograd through the unrolled attacker (batched)."""
     with torch.enable_grad():
         th = theta.detach().requires_grad_(True)
-        u = (th @ omega[..., None])[..., 0]
-        Ku = (prob.Ks @ u[..., None])[..., 0]
+        u = _matvec(th, omega)
+        Ku = _matvec(prob.Ks, u)
         lossP = ((u * Ku).sum(-1) - 2 * (prob.bs * u).sum(-1) + prob.cs) / prob.Ns
         A = th.mT @ prob.KH @ th
         A = 2 * _sym(A) / prob.NH[:, None, None]
-        bw = 2 * (th.mT @ prob.bH[..., None])[..., 0] / prob.NH[:, None]
+        bw = 2 * _matvec(th.mT, prob.bH) / prob.NH[:, None]
         alpha = 1 / torch.linalg.eigvalsh(A)[:, -1]
         w = torch.zeros_like(omega)
         for _ in range(inner_steps):
-            w = w - alpha[:, None] * ((A @ w[..., None])[..., 0] - bw)
-        lossH = (
-            (w * (A @ w[..., None])[..., 0]).sum(-1) / 2 - (bw * w).sum(-1)
-        ) + prob.cH / prob.NH
+            w = w - alpha[:, None] * (_matvec(A, w) - bw)
+        lossH = ((w * _matvec(A, w)).sum(-1) / 2 - (bw * w).sum(-1)) + prob.cH / prob.NH
         (g,) = torch.autograd.grad((lossP - mu * lossH).sum(), th)
     return g
 

@@ -232,7 +232,8 @@ def run_seeds(
     record_every: int | None = None,
 ) -> tuple[torch.Tensor, object]:
     """Run a :data:`GRIDS` entry with ``knobs`` from the starts of ``seeds`` (one batched
-    :func:`immulib.linear.run`, equal to one :func:`immulib.immunize` call per seed);
+    :func:`immulib.linear.run`, equal bit for bit to one :func:`immulib.immunize` call per
+    seed);
     returns (θ (len(seeds), D, D), history).
 
     Chapter: {ref}`ch-house-prices`.
