@@ -378,11 +378,11 @@ class PartialEigensolver:
             for _ in range(self.iters):
                 x = torch.linalg.lu_solve(LU, piv, x)
                 x = x / torch.linalg.vector_norm(x, dim=-2, keepdim=True)
+            # Hx through two columns: the same product kernel at every B, so that whether an
+            # element is accepted does not depend on its batch (see linear._matvec)
+            Hx = torch.bmm(Hs, x.expand(B, D, 2))[..., :1]
             resid = torch.linalg.vector_norm(
-                torch.baddbmm(
-                    -torch.from_numpy(mu).to(H.device)[:, None, None] * x, Hs, x
-                ),
-                dim=(-2, -1),
+                Hx - torch.from_numpy(mu).to(H.device)[:, None, None] * x, dim=(-2, -1)
             )
             x = x[..., 0]
             resid = resid.numpy() if resid.device.type == "cpu" else resid.cpu().numpy()

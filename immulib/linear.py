@@ -474,30 +474,33 @@ class _Tri:
     def fro2(self):
         return torch.linalg.vector_norm(self.H, dim=(-2, -1)) ** 2
 
-    def _full_rank(self, k=None):
-        """Whether, in every row, σ_low is the smallest eigenvalue (the run's k is D; and the
-        k asked for, if any, too) and above the rank rule's tolerance: then the rank is D, κ
-        is σ₁/σ_low, and no row needs every eigenvalue."""
+    def _fast_rows(self, k=None, convention="pinv"):
+        """Per row, whether σ_low is the smallest eigenvalue (the run's k is D; and the k
+        asked for, if any, too) and above the rank rule's tolerance (and, shifted, not
+        swallowed by the shift: λ + SHIFT > SHIFT): then the rank is D and κ comes from σ₁
+        and σ_low. Decided row by row, so that a row's history does not depend on its
+        batch-mates; every eigenvalue is computed only when some row needs it."""
         D = self.H.shape[-1]
-        full = (self.k == D) & (self.low > self.top.abs() * D * EPS)
+        ok = (self.k == D) & (self.low > self.top.abs() * D * EPS)
         if k is not None:
-            full &= k == D
-        return bool(full.all())
+            ok &= k == D
+        if convention != "pinv":
+            ok &= self.low + SHIFT > SHIFT
+        return ok
 
     def rank(self):
-        if self._full_rank():
-            return torch.full_like(self.k, self.H.shape[-1])
-        return _rank(self.lam)
+        ok, full = self._fast_rows(), torch.full_like(self.k, self.H.shape[-1])
+        return full if bool(ok.all()) else torch.where(ok, full, _rank(self.lam))
 
     def kappa(self, k, convention):
-        # the shifted κ's rule drops an eigenvalue that the shift swallows (λ + SHIFT = SHIFT)
-        if not self._full_rank(k) or (
-            convention != "pinv" and not bool((self.low + SHIFT > SHIFT).all())
-        ):
-            return _kappa(self.lam, k, convention)
+        ok = self._fast_rows(k, convention)
         if convention == "pinv":
-            return self.top / self.low
-        return (self.top + SHIFT) / (self.low + SHIFT)
+            fast = self.top / self.low
+        else:
+            fast = (self.top + SHIFT) / (self.low + SHIFT)
+        if bool(ok.all()):
+            return fast
+        return torch.where(ok, fast, _kappa(self.lam, k, convention))
 
 
 def _host(x):
@@ -578,13 +581,15 @@ def _grad_log_kappa(theta, K, s, k):
 
 
 def _matvec(A, x):
-    """A x of each batch element (A (B, m, n), x (B, n)) -> (B, m), by the batched
-    matrix-matrix product on two copies of x: a one-column product takes a matrix-vector kernel
-    when B = 1 whose rounding differs from the batched one's, so a problem's result would
-    depend on how many problems run beside it (the methods that amplify rounding, chapter
-    {ref}`ch-house-prices`, then end elsewhere). With two columns every B gives the batched
-    kernel's numbers, bit for bit."""
-    return torch.matmul(A, x[..., None].expand(*x.shape, 2))[..., 0]
+    """A x of each batch element (A (B, m, n), x (B, n)) -> (B, m), as one two-column product
+    per element (x and a stride-0 copy of it). A one-column product takes a matrix-vector
+    kernel at B = 1, and a lone product of a contiguous pair may split its sums over threads,
+    with a rounding that differs from the batched kernel's: a problem's result would then
+    depend on how many problems run beside it (and the methods that amplify rounding, chapter
+    {ref}`ch-house-prices`, end elsewhere). This form gives the same numbers at every B and
+    thread count on the CPU, and from D ≈ 20 the batched one-column product's, so batched
+    results did not change."""
+    return torch.bmm(A, x[..., None].expand(*x.shape, 2))[..., 0]
 
 
 def _sup(prob: Problem, theta, omega):
@@ -689,12 +694,12 @@ def run(
     σ_min of H_P; σ₁, σ_min, v_min of H_H), by warm-started LOBPCG; it needs full-rank
     Hessians. None (the default) is, for ``"ours"`` and its ablations when
     D ≥ :data:`PARTIAL_MIN_D`, ``"tridiagonal"`` on the CPU and ``"partial"`` on a GPU, else
-    ``"eigh"`` (for the other methods always, so their results are bit for bit those of
-    earlier releases).
+    ``"eigh"`` (for the other methods always, so that their batched results are bit for bit
+    those of earlier releases).
     The solvers' fallbacks to ``eigh`` are counted in ``info["solver"]`` and warned about.
-    A problem's result does not depend on the batch it runs in: alone or beside others it gets
-    the same θ and ω, bit for bit (with every solver but the extreme one, whose iterations run
-    until every element of the batch has converged).
+    On the CPU a problem's result does not depend on the batch it runs in: alone or beside
+    others it gets the same θ, ω and history, bit for bit, with every built-in solver but the
+    extreme one (whose iterations run until every element of the batch has converged).
     Knobs: see :func:`immunize`. The ``"released"`` policy needs the rows of X: use
     :func:`immunize`.
 

@@ -110,11 +110,13 @@ def _rows_of(prob, b):
 
 def test_a_batch_of_problems_equals_one_run_per_problem_bit_for_bit():
     """A problem's result does not depend on how many run beside it: every method, from a
-    random start, gives the same θ and ω alone as in a batch of three, bit for bit (a
-    one-column product at B = 1 used to round differently, and the methods that amplify
-    rounding then ended elsewhere); so does Ours with each CPU solver from D = 96 on."""
-    stacked = _full_rank_problem(D=8, B=3)
-    th0, om0 = lin.starts(8, [0, 1, 2], "linear_default")
+    random start, gives the same θ, ω and history alone as in a batch of three, bit for bit
+    (a one-column product at B = 1 used to round differently, and the methods that amplify
+    rounding then ended elsewhere); so do Ours and R_well only with each CPU solver at D = 96
+    (a batch of two)."""
+    # D = 24: below ~20, torch multiplies in its own loop, where the kernels do not differ
+    stacked = _full_rank_problem(D=24, B=3)
+    th0, om0 = lin.starts(24, [0, 1, 2], "linear_default")
     cases = [(m, {}, stacked, th0, om0, 12) for m in lin.METHODS]
     large = _full_rank_problem(D=lin.PARTIAL_MIN_D, B=2)
     thL, omL = lin.starts(lin.PARTIAL_MIN_D, [0, 1], "linear_default")
@@ -122,24 +124,17 @@ def test_a_batch_of_problems_equals_one_run_per_problem_bit_for_bit():
         for m in ("ours", "r_well_only"):
             cases.append((m, {"solver": solver}, large, thL, omL, 4))
     for method, kw, prob, t0, o0, steps in cases:
-        th, om, hist, _ = lin.run(
-            prob,
-            method,
-            steps=steps,
-            theta_init=t0,
-            omega_init=o0,
-            progress=False,
-            **kw,
-        )
+        common = dict(steps=steps, record_every=2, progress=False, **kw)
+        th, om, hist, _ = lin.run(prob, method, theta_init=t0, omega_init=o0, **common)
         for b in range(prob.B):
-            th1, om1, _, _ = lin.run(
-                _rows_of(prob, b), method, steps=steps, theta_init=t0[b],
-                omega_init=o0[b], progress=False, **kw,
-            )  # fmt: skip
-            assert torch.equal(th[b], th1[0]) and torch.equal(om[b], om1[0]), (
-                method,
-                kw,
+            th1, om1, hist1, _ = lin.run(
+                _rows_of(prob, b), method, theta_init=t0[b], omega_init=o0[b], **common
             )
+            same = torch.equal(th[b], th1[0]) and torch.equal(om[b], om1[0])
+            mine = hist[hist.problem == b].reset_index(drop=True)
+            assert same and mine.drop(columns="problem").equals(
+                hist1.drop(columns="problem")
+            ), (method, kw)
         assert sorted(hist.problem.unique()) == list(range(prob.B))
 
 
@@ -147,11 +142,12 @@ def test_matvec_is_the_batched_product_at_every_batch_size():
     g = torch.Generator().manual_seed(0)
     A = torch.randn(4, 71, 71, dtype=torch.float64, generator=g)
     x = torch.randn(4, 71, dtype=torch.float64, generator=g)
-    want = torch.bmm(A, x[..., None])[..., 0]  # B = 4: the batched kernel
-    for B in (1, 2, 4):
-        got = lin._matvec(A[:B], x[:B])
-        assert torch.equal(got, want[:B]), B
+    want = lin._matvec(A, x)
+    for B in (1, 2, 3):
+        assert torch.equal(lin._matvec(A[:B], x[:B]), want[:B]), B
     np.testing.assert_allclose(want.numpy(), np.einsum("bij,bj->bi", A, x), rtol=1e-12)
+    if torch.backends.mkl.is_available():  # MKL's batched one-column product: unchanged
+        assert torch.equal(want, torch.bmm(A, x[..., None])[..., 0])
 
 
 def test_seeded_reruns_are_identical_and_seeds_differ():
@@ -628,6 +624,29 @@ def test_the_tridiagonal_spectra_give_the_full_rank_and_kappa():
                 tri.kappa(tri.rank(), c), full.kappa(full.rank(), c), rtol=1e-12, atol=0
             )
         torch.testing.assert_close(tri.fro2(), full.fro2(), rtol=1e-12, atol=0)
+
+
+def test_the_tridiagonal_kappa_of_a_row_does_not_depend_on_its_batch():
+    """A full-rank row's rank and κ come from its extremes whether or not a singular
+    batch-mate needs every eigenvalue: bit for bit the same as in a batch of its own."""
+    gen = torch.Generator().manual_seed(5)
+    D = 12
+    A = torch.randn(D, D, generator=gen, dtype=torch.float64)
+    Bm = torch.randn(D, D - 4, generator=gen, dtype=torch.float64)
+
+    def tri_of(H, k):
+        n = len(k)
+        values = np.stack([np.full(n, D - 1), np.full(n, D - 2), D - k.numpy()], 1)
+        out = linalg.TridiagonalEigensolver()(H, values, np.full(n, D - 1))
+        return lin._Tri(*out.values.unbind(1), k, out.vector, H, out, slice(0, n))
+
+    alone = tri_of((A @ A.mT)[None], torch.tensor([D]))
+    mixed = tri_of(torch.stack([A @ A.mT, Bm @ Bm.mT]), torch.tensor([D, D - 4]))
+    assert mixed.rank().tolist() == [D, D - 4]
+    for c in ("pinv", "shifted"):
+        assert torch.equal(
+            mixed.kappa(mixed.rank(), c)[:1], alone.kappa(alone.rank(), c)
+        ), c
 
 
 @pytest.mark.parametrize(
