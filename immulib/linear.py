@@ -575,9 +575,13 @@ def _bound_well(s1, s2, smin, p):
 
 
 def _grad_log_kappa(theta, K, s, k):
-    """∇_θ log κ(θᵀKθ) = 2Kθ(v₁v₁ᵀ/σ₁ − v_kv_kᵀ/σ_k) (σ_k: the k-th largest eigenvalue)."""
-    M = s.outer_top() / s.top[:, None, None] - s.outer_at(k) / s.at(k)[:, None, None]
-    return 2 * K @ theta @ M
+    """∇_θ log κ(θᵀKθ) = 2Kθ(v₁v₁ᵀ/σ₁ − v_kv_kᵀ/σ_k) (σ_k: the k-th largest eigenvalue) as
+    its two rank-one terms, L Rᵀ with L = 2Kθ[v₁/σ₁, −v_k/σ_k] and R = [v₁, v_k] (each (B, D,
+    2)): the caller adds such factors side by side and forms one D × D matrix from them, so a
+    gradient costs O(D²) instead of two D × D products."""
+    R = torch.stack([s.vec_top(), s.vec_at(k)], -1)
+    w = torch.stack([1 / s.top, -1 / s.at(k)], -1)
+    return 2 * torch.bmm(K, torch.bmm(theta, R * w[:, None, :])), R
 
 
 def _matvec(A, x):
@@ -694,8 +698,7 @@ def run(
     σ_min of H_P; σ₁, σ_min, v_min of H_H), by warm-started LOBPCG; it needs full-rank
     Hessians. None (the default) is, for ``"ours"`` and its ablations when
     D ≥ :data:`PARTIAL_MIN_D`, ``"tridiagonal"`` on the CPU and ``"partial"`` on a GPU, else
-    ``"eigh"`` (for the other methods always, so that their batched results are bit for bit
-    those of earlier releases).
+    ``"eigh"`` (for the other methods always).
     The solvers' fallbacks to ``eigh`` are counted in ``info["solver"]`` and warned about.
     On the CPU a problem's result does not depend on the batch it runs in: alone or beside
     others it gets the same θ, ω and history, bit for bit, with every built-in solver but the
@@ -993,18 +996,23 @@ def run(
                 theta, _imma_grad(prob, theta, omega, mu, inner_steps, kH)
             )
         else:
-            gHk = _grad_log_kappa(theta, prob.KH, sH, kH)
-            gPk = _grad_log_kappa(theta, prob.KP, sP, kP)
-            if method == "opt_kappa":
-                grad = gu[..., :, None] * omega[..., None, :] + mu * (gPk - gHk)
-                theta = adam.step(theta, grad)
+            (LH, RH), (LP, RP) = (
+                _grad_log_kappa(theta, prob.KH, sH, kH),
+                _grad_log_kappa(theta, prob.KP, sP, kP),
+            )
+            if method == "opt_kappa":  # g_u ωᵀ + μ(∇log κ(H_P) − ∇log κ(H_H)): rank 5
+                L = torch.cat([gu[..., None], mu * LP, -mu * LH], -1)
+                R = torch.cat([omega[..., None], RP, RH], -1)
+                theta = adam.step(theta, torch.bmm(L, R.mT))
             else:  # constrained: ascend log κ(H_H), penalise log κ(H_P) above log κ(K_P);
                 # K_P⁻¹-preconditioned (as Algorithm 1 preconditions R_well) and normalised:
                 # ‖Δθ‖_F = η‖θ‖_F, so η is the relative change of θ per step
                 viol = (
                     torch.log(sP.kappa(kP, "pinv")) - torch.log(kappa_budget)
                 ).clamp_min(0)
-                P = KP_pinv @ (-gHk + 2 * beta * viol[:, None, None] * gPk)
+                # K_P⁺(−∇log κ(H_H) + 2β·viol·∇log κ(H_P)): rank 4, K_P⁺ times its left factors
+                L = torch.cat([-LH, 2 * beta * viol[:, None, None] * LP], -1)
+                P = torch.bmm(torch.bmm(KP_pinv, L), torch.cat([RH, RP], -1).mT)
                 scale = theta.flatten(1).norm(dim=1) / P.flatten(1).norm(
                     dim=1
                 ).clamp_min(1e-300)
